@@ -1,0 +1,19 @@
+"""etmem: find the cold pages of chosen processes and move them to cheaper memory.
+
+A Python re-creation of openEuler's etmem. The public API is listed in `__all__`
+and documented in docs/api.md.
+"""
+from __future__ import annotations
+
+__version__ = "0.1.0"
+
+from .errors import ConfigError, EtmemError, KernelFeatureMissing, ObjectError, ProcessGone
+
+__all__ = [
+    "__version__",
+    "ConfigError",
+    "EtmemError",
+    "KernelFeatureMissing",
+    "ObjectError",
+    "ProcessGone",
+]
