@@ -1,19 +1,32 @@
 """etmem: find the cold pages of chosen processes and move them to cheaper memory.
 
-A Python re-creation of openEuler's etmem. The public API is listed in `__all__`
-and documented in docs/api.md.
+A Python re-creation of openEuler's etmem. The public API is listed in
+`__all__` and documented in docs/api.md.
 """
 from __future__ import annotations
 
 __version__ = "0.1.0"
 
 from .errors import ConfigError, EtmemError, KernelFeatureMissing, ObjectError, ProcessGone
+from .hookspecs import hookimpl
+from .loader import ConfigFile, load_config
+from .model import Engine, Manager, Project, Task, TaskStats
+from .strategy import Strategy
 
 __all__ = [
     "__version__",
     "ConfigError",
+    "ConfigFile",
+    "Engine",
     "EtmemError",
     "KernelFeatureMissing",
+    "Manager",
     "ObjectError",
     "ProcessGone",
+    "Project",
+    "Strategy",
+    "Task",
+    "TaskStats",
+    "hookimpl",
+    "load_config",
 ]

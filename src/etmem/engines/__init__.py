@@ -1,0 +1,1 @@
+"""The built-in engines, each a plugin registered like any third-party one."""

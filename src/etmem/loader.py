@@ -1,0 +1,253 @@
+"""Validated specs from config groups or Python keyword arguments.
+
+The parser (config.py) knows the file format; this room knows which engine
+declares which keys (through the plugin manager) and the rules that span
+groups: a task's engine and project, slide's T against its project's loop.
+The same functions serve files and `etmem.Project(...)` calls, so both get the
+same checks and messages.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any, Callable
+
+import attrs
+
+from . import config
+from .config import (ConfigError, ConfigErrors, EngineCommon, Group, Origin, ProjectSpec,
+                     TaskCommon, check_project, check_task_common, clamp_max_threads, spec_keys)
+from .plugins import Plugins, default_plugins
+from .strategy import Strategy
+
+log = logging.getLogger("etmem.config")
+
+UPSTREAM_ONLY_ENGINES = {
+    "damon": "upstream's DAMON engine is not part of etmem for Python (use scanner=damon with slide)",
+    "psi": "upstream's psi engine is not part of etmem for Python",
+    "memdcd": "upstream's memdcd engine is not part of etmem for Python",
+}
+
+
+@attrs.frozen
+class EngineConfig:
+    """A validated [engine] group."""
+
+    common: EngineCommon
+    strategy: type
+    keys: Any
+    extra: dict
+    origin: Origin
+
+    @property
+    def project(self) -> str:
+        return self.common.project
+
+    @property
+    def name(self) -> str:
+        """The engine's identity in its project: its type, or its instance_key (eng_name)."""
+        if self.strategy.instance_key:
+            return getattr(self.keys, self.strategy.instance_key)
+        return self.common.name
+
+
+@attrs.frozen
+class TaskConfig:
+    """A validated [task] group."""
+
+    common: TaskCommon
+    strategy: type
+    keys: Any
+    extra: dict
+    origin: Origin
+    max_threads: int
+
+    @property
+    def project(self) -> str:
+        return self.common.project
+
+    @property
+    def engine(self) -> str:
+        return self.common.engine
+
+    @property
+    def name(self) -> str:
+        return self.common.name
+
+
+@attrs.frozen
+class ConfigFile:
+    """Everything one config file declares, validated, in file order."""
+
+    path: str | None
+    projects: tuple
+    engines: tuple
+    tasks: tuple
+    warnings: tuple
+
+    def summary(self) -> str:
+        return f"{len(self.projects)} project(s), {len(self.engines)} engine(s), {len(self.tasks)} task(s)"
+
+
+@attrs.frozen
+class _Empty:
+    """Spec with no keys: stands in for an engine type that could not be found."""
+
+
+# Callbacks a Manager passes so a file may refer to objects added before.
+ProjectLookup = Callable[[str], "ProjectSpec | None"]
+EngineLookup = Callable[[str, str], "type | None"]
+
+
+def _raise(errors: list[ConfigError]) -> None:
+    if errors:
+        raise ConfigErrors(errors)
+
+
+def build_project(values: dict, origin: Origin | None = None) -> ProjectSpec:
+    origin = origin or Origin()
+    spec, errors = config.structure(ProjectSpec, values, "project", origin)
+    if spec is not None:
+        errors = [config._error(origin, "project", k, values, m) for k, m in check_project(spec)]
+    _raise(errors)
+    return spec
+
+
+def _split(values: dict, *specs: type) -> tuple[list[dict], dict]:
+    """Distribute values over spec classes by their keys; the rest is left over."""
+    parts = []
+    rest = dict(values)
+    for spec in specs:
+        names = spec_keys(spec)
+        parts.append({k: v for k, v in values.items() if k in names})
+        for k in names:
+            rest.pop(k, None)
+    return parts, rest
+
+
+def strategy_for(name: str, plugins: Plugins) -> type[Strategy]:
+    strategy = plugins.engine_type(name)
+    if strategy is None:
+        note = UPSTREAM_ONLY_ENGINES.get(name)
+        raise ValueError(f"engine '{name}' is not installed{'; ' + note if note else ''} (installed engines: {plugins.installed()})")
+    return strategy
+
+
+def build_engine(values: dict, origin: Origin | None = None, plugins: Plugins | None = None) -> tuple[EngineConfig, list[str]]:
+    """Validate one [engine] group; returns the config and its warnings."""
+    origin = origin or Origin()
+    plugins = plugins or default_plugins()
+    errors: list[ConfigError] = []
+    try:
+        strategy = strategy_for(str(values.get("name", "")).strip(), plugins) if "name" in values else None
+    except ValueError as exc:
+        raise ConfigErrors([config._error(origin, "engine", "name", values, str(exc))]) from None
+    (common_values, own_values), extra = _split(values, EngineCommon, strategy.engine_keys if strategy else _Empty)
+    if extra and not (strategy and strategy.pass_unknown_keys):
+        allowed = list(spec_keys(EngineCommon)) + list(spec_keys(strategy.engine_keys if strategy else _Empty))
+        for k in extra:
+            errors.append(config._error(origin, "engine", k, values, config.unknown_key_message(k, allowed)))
+    common, errs = config.structure(EngineCommon, common_values, "engine", origin)
+    errors += errs
+    keys = None
+    if strategy is not None:
+        keys, errs = config.structure(strategy.engine_keys, own_values, "engine", origin)
+        errors += errs
+        if keys is not None:
+            errors += [config._error(origin, "engine", k, values, m) for k, m in strategy.check_engine(keys, extra)]
+    _raise(errors)
+    warnings = config.warnings_for(keys, own_values, "engine", origin)
+    return EngineConfig(common, strategy, keys, extra, origin), warnings
+
+
+def build_task(values: dict, strategy: type[Strategy] | None, project: ProjectSpec | None,
+               origin: Origin | None = None, nproc: int | None = None) -> tuple[TaskConfig, list[str]]:
+    """Validate one [task] group for an engine of type `strategy` (None: engine unknown)."""
+    origin = origin or Origin()
+    errors: list[ConfigError] = []
+    own_cls = strategy.task_keys if strategy else _Empty
+    (common_values, own_values), extra = _split(values, TaskCommon, own_cls)
+    if extra and not (strategy and strategy.pass_unknown_keys):
+        allowed = list(spec_keys(TaskCommon)) + list(spec_keys(own_cls))
+        for k in extra:
+            errors.append(config._error(origin, "task", k, values, config.unknown_key_message(k, allowed)))
+    common, errs = config.structure(TaskCommon, common_values, "task", origin)
+    errors += errs
+    if common is not None:
+        errors += [config._error(origin, "task", k, values, m) for k, m in check_task_common(common)]
+    keys = None
+    if strategy is not None:
+        keys, errs = config.structure(own_cls, own_values, "task", origin)
+        errors += errs
+        if keys is not None:
+            errors += [config._error(origin, "task", k, values, m) for k, m in strategy.check_task(keys, extra, project)]
+    _raise(errors)
+    warnings = config.warnings_for(keys, own_values, "task", origin) if keys is not None else []
+    max_threads, note = clamp_max_threads(common.max_threads, nproc or os.cpu_count() or 1)
+    if note:
+        where = f"{origin.path}:{origin.line_of('max_threads')}: " if origin.path else ""
+        warnings.append(f"{where}[task] {note}")
+    return TaskConfig(common, strategy, keys, extra, origin, max_threads), warnings
+
+
+def load_groups(groups: list[Group], path: str | None = None, plugins: Plugins | None = None,
+                find_project: ProjectLookup | None = None, find_engine: EngineLookup | None = None) -> ConfigFile:
+    """Validate every group of a file; all problems are raised together as ConfigErrors.
+
+    A task's engine is looked up among the file's engines first, then through
+    `find_engine(project, name)` (objects added before), then as an engine
+    type of the same name.
+    """
+    plugins = plugins or default_plugins()
+    errors: list[ConfigError] = []
+    warnings: list[str] = []
+    projects, engines, tasks = [], [], []
+    for group in (g for g in groups if g.kind == "project"):
+        try:
+            projects.append(build_project(group.values, group.origin))
+        except ConfigErrors as exc:
+            errors += exc.errors
+    for group in (g for g in groups if g.kind == "engine"):
+        try:
+            engine, notes = build_engine(group.values, group.origin, plugins)
+            engines.append(engine)
+            warnings += notes
+        except ConfigErrors as exc:
+            errors += exc.errors
+    project_specs = {p.name: p for p in projects}
+    engine_types = {(e.project, e.name): e.strategy for e in engines}
+    for group in (g for g in groups if g.kind == "task"):
+        values = group.values
+        proj_name, eng_name = str(values.get("project", "")).strip(), str(values.get("engine", "")).strip()
+        project = project_specs.get(proj_name) or (find_project(proj_name) if find_project else None)
+        strategy = engine_types.get((proj_name, eng_name)) or (find_engine(proj_name, eng_name) if find_engine else None)
+        if strategy is None and "engine" in values:
+            strategy = plugins.engine_type(eng_name)
+            if strategy is not None and strategy.instance_key:
+                strategy = None  # 'thirdparty' is not an engine name a task can use
+            if strategy is None:
+                errors.append(config._error(group.origin, "task", "engine", values,
+                                            f"no engine '{eng_name}' in project '{proj_name}' (neither in this file nor added before); "
+                                            f"installed engine types: {plugins.installed()}"))
+                continue
+        try:
+            task, notes = build_task(values, strategy, project, group.origin)
+            tasks.append(task)
+            warnings += notes
+        except ConfigErrors as exc:
+            errors += exc.errors
+    errors.sort(key=lambda e: (e.line or 0))
+    _raise(errors)
+    for text in warnings:
+        log.warning("%s", text)
+    return ConfigFile(path, tuple(projects), tuple(engines), tuple(tasks), tuple(warnings))
+
+
+def load_config(path: str, plugins: Plugins | None = None, **lookups) -> ConfigFile:
+    """Read and validate a config file; raises ConfigError (ConfigErrors for several)."""
+    text = config.read_config_file(path)
+    return load_groups(config.parse_keyfile(text, path), path, plugins, **lookups)
+
+
+def load_text(text: str, path: str | None = None, plugins: Plugins | None = None, **lookups) -> ConfigFile:
+    return load_groups(config.parse_keyfile(text, path), path, plugins, **lookups)

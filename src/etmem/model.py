@@ -1,0 +1,481 @@
+"""Project, Engine, Task and the Manager that holds them.
+
+This is the one object model behind every face of etmem: Python programs
+drive a `Manager` directly, the daemon is a thin socket shell around one, and
+the CLI talks to the daemon. A project holds engines, an engine holds tasks,
+and each started task runs its engine's rounds on a thread of its own.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from typing import Any, Callable, Iterable
+
+import attrs
+
+from . import config, loader
+from .config import ProjectSpec
+from .errors import ConfigError, EtmemError, ObjectError
+from .loader import ConfigFile, EngineConfig, TaskConfig
+from .plugins import Plugins, default_plugins
+
+log = logging.getLogger("etmem")
+
+
+@attrs.define
+class TaskStats:
+    """What a task has done so far; engines update the fields that apply to them."""
+
+    rounds: int = 0
+    targets: int = 0
+    pages_scanned: int = 0
+    cold_pages: int = 0
+    pages_swapped: int = 0
+    refaults: int = 0
+    last_error: str | None = None
+    source: str | None = None
+    last_round_seconds: float | None = None
+    extra: dict = attrs.field(factory=dict)
+    calls: Any = None  # etmem.stats.CallCounters of the task's kernel calls, when the engine keeps them
+
+    def as_dict(self) -> dict:
+        out = attrs.asdict(self, filter=lambda a, v: a.name != "calls")
+        out["calls"] = self.calls.as_dict() if self.calls is not None else {}
+        return out
+
+
+def _where(origin: config.Origin | None) -> str:
+    if origin is None or origin.path is None:
+        return ""
+    return f"{origin.path}:{origin.line}: "
+
+
+class Project:
+    """A named scan rhythm (loop, interval, sleep) and the engines working to it.
+
+    `Project(name="web", loop=3, interval=5, sleep=1)` validates exactly as a
+    [project] group of a config file does.
+    """
+
+    def __init__(self, name: str | None = None, *, spec: ProjectSpec | None = None,
+                 plugins: Plugins | None = None, **keys):
+        if spec is None:
+            values = {k: v for k, v in dict(keys, name=name).items() if v is not None}
+            spec = loader.build_project(values)
+        self.spec = spec
+        self.plugins = plugins or default_plugins()
+        self.engines: dict[str, Engine] = {}
+        self.started = False
+        self.origin: config.Origin | None = None
+        self._lock = threading.RLock()
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    def __repr__(self) -> str:
+        return f"<Project {self.name} {'started' if self.started else 'stopped'} engines={list(self.engines)}>"
+
+    def add_engine(self, name: str, **keys) -> "Engine":
+        """Make an engine of type `name` (slide, cslide, ...) in this project."""
+        engine = Engine(self, name, **keys)
+        with self._lock:
+            if engine.name in self.engines:
+                engine.strategy.close()
+                raise ObjectError(f"engine {engine.name} already exists in project {self.name}")
+            self.engines[engine.name] = engine
+        return engine
+
+    def engine(self, name: str) -> "Engine":
+        try:
+            return self.engines[name]
+        except KeyError:
+            raise ObjectError(f"project {self.name} has no engine {name} (it has: {', '.join(self.engines) or 'none'})") from None
+
+    @property
+    def tasks(self) -> list["Task"]:
+        return [t for e in list(self.engines.values()) for t in list(e.tasks.values())]
+
+    def start(self) -> None:
+        """Start every task; on a failure the ones already started are stopped again."""
+        with self._lock:
+            if self.started:
+                raise ObjectError(f"project {self.name} is already started")
+            done: list[Task] = []
+            try:
+                for task in self.tasks:
+                    task.start()
+                    done.append(task)
+            except Exception:
+                for task in done:
+                    task.stop()
+                raise
+            self.started = True
+            log.info("project %s started (%d tasks)", self.name, len(done))
+
+    def stop(self) -> None:
+        with self._lock:
+            if not self.started:
+                raise ObjectError(f"project {self.name} is not started")
+            for task in self.tasks:
+                task.stop()
+            self.started = False
+            log.info("project %s stopped", self.name)
+
+    def show(self) -> dict:
+        rows = []
+        for number, task in enumerate(self.tasks, start=1):
+            rows.append({"number": number, "type": task.type, "value": task.value, "name": task.name,
+                         "engine": task.engine.name, "started": task.started, "stats": task.stats.as_dict()})
+        return {"name": self.name, "started": self.started, "scan_type": self.spec.scan_type, "tasks": rows}
+
+
+class Engine:
+    """One configured engine of a project: a Strategy instance and its tasks."""
+
+    def __init__(self, project: Project, name: str | None = None, *, config: EngineConfig | None = None, **keys):
+        if config is None:
+            values = {k: v for k, v in dict(keys, name=name, project=project.name).items() if v is not None}
+            config, _ = loader.build_engine(values, plugins=project.plugins)
+        self.project = project
+        self.config = config
+        self.kind = config.common.name
+        self.name = config.name
+        self.keys = config.keys
+        self.extra = config.extra
+        self.tasks: dict[str, Task] = {}
+        self.strategy = config.strategy(self)
+
+    def __repr__(self) -> str:
+        return f"<Engine {self.name} ({self.kind}) of {self.project.name} tasks={list(self.tasks)}>"
+
+    def add_task(self, name: str, type: str, value: Any, **keys) -> "Task":
+        """Make a task of this engine; it starts at once when the project is started."""
+        task = Task(self, name, type, value, **keys)
+        with self.project._lock:
+            if task.name in self.tasks:
+                raise ObjectError(f"task {task.name} already exists in engine {self.name} of project {self.project.name}")
+            self.strategy.add_task(task)
+            self.tasks[task.name] = task
+            if self.project.started:
+                task.start()
+        return task
+
+    def task(self, name: str) -> "Task":
+        try:
+            return self.tasks[name]
+        except KeyError:
+            raise ObjectError(f"engine {self.name} of project {self.project.name} has no task {name} "
+                              f"(it has: {', '.join(self.tasks) or 'none'})") from None
+
+    def command(self, cmd: str, task: str | None = None) -> str:
+        return self.strategy.command(cmd, self.task(task) if task else None)
+
+
+class Task:
+    """A set of target processes (a pid or a process name, and their descendants) an engine works on."""
+
+    def __init__(self, engine: Engine, name: str | None = None, type: str | None = None, value: Any = None,
+                 *, config: TaskConfig | None = None, **keys):
+        if config is None:
+            values = {k: v for k, v in dict(keys, name=name, type=type, value=value,
+                                             project=engine.project.name, engine=engine.name).items() if v is not None}
+            if "value" in values:
+                values["value"] = str(values["value"])
+            config, _ = loader.build_task(values, type_of(engine), engine.project.spec)
+        self.engine = engine
+        self.config = config
+        self.name = config.name
+        self.type = config.common.type
+        self.value = config.common.value
+        self.max_threads = config.max_threads
+        self.swap_flag = config.common.swap_flag
+        self.keys = config.keys
+        self.extra = config.extra
+        self.stats = TaskStats()
+        self.started = False
+        self.state: dict = {}  # the engine's memory between rounds
+        self._thread: threading.Thread | None = None
+        self._stop = threading.Event()
+        self._round_lock = threading.Lock()
+
+    def __repr__(self) -> str:
+        return f"<Task {self.name} {self.type}={self.value} of {self.engine.name}>"
+
+    @property
+    def project(self) -> Project:
+        return self.engine.project
+
+    def start(self) -> None:
+        if not self.started:
+            self.engine.strategy.start_task(self)
+            self.started = True
+
+    def stop(self) -> None:
+        if self.started:
+            self.engine.strategy.stop_task(self)
+            self.started = False
+
+    # -- the default round scheduler used by Strategy.start_task ----------------
+    def start_rounds(self, round_fn: Callable) -> None:
+        """Run `round_fn(task, stop)` now and then every `interval` s after each round ends."""
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, args=(round_fn, self._stop),
+                                        name=f"etmem-{self.project.name}-{self.engine.name}-{self.name}", daemon=True)
+        self._thread.start()
+
+    def stop_rounds(self) -> None:
+        self._stop.set()
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join()
+        self._thread = None
+
+    def _loop(self, round_fn: Callable, stop: threading.Event) -> None:
+        interval = self.project.spec.interval or 1
+        while not stop.is_set():
+            self.run_round(round_fn, stop)
+            stop.wait(interval)
+
+    def run_round(self, round_fn: Callable | None = None, stop: threading.Event | None = None) -> TaskStats:
+        """Run one round now, on the calling thread; errors end up in stats.last_error."""
+        round_fn = round_fn or self.engine.strategy.run_round
+        stop = stop or threading.Event()
+        with self._round_lock:
+            began = time.monotonic()
+            try:
+                round_fn(self, stop)
+                self.stats.last_error = None
+            except EtmemError as exc:
+                self.stats.last_error = str(exc)
+                log.warning("task %s/%s/%s: %s", self.project.name, self.engine.name, self.name, exc)
+            except Exception as exc:  # an engine bug must not end the task's thread
+                self.stats.last_error = f"internal error: {type(exc).__name__}: {exc}"
+                log.exception("task %s/%s/%s: round failed", self.project.name, self.engine.name, self.name)
+            self.stats.rounds += 1
+            self.stats.last_round_seconds = round(time.monotonic() - began, 3)
+        self.project.plugins.round_finished(self, self.stats)
+        return self.stats
+
+
+def type_of(engine: Engine) -> type:
+    return type(engine.strategy)
+
+
+class Manager:
+    """Holds projects: add (from files or Python objects), delete, start, stop, show.
+
+    Thread-safe: the daemon calls it from a thread per client connection.
+    """
+
+    def __init__(self, plugins: Plugins | None = None):
+        self.plugins = plugins or default_plugins()
+        self.projects: dict[str, Project] = {}
+        self._lock = threading.RLock()
+
+    def project(self, name: str) -> Project:
+        with self._lock:
+            try:
+                return self.projects[name]
+            except KeyError:
+                known = ", ".join(self.projects) or "none"
+                raise ObjectError(f"project {name} does not exist (projects: {known})") from None
+
+    # -- adding ---------------------------------------------------------------
+    def add(self, project: Project) -> None:
+        """Add a project built in Python (with its engines and tasks)."""
+        with self._lock:
+            if project.name in self.projects:
+                raise ObjectError(f"project {project.name} already exists")
+            self.projects[project.name] = project
+
+    def add_file(self, path: str) -> list[str]:
+        """Add everything a config file declares, all or nothing; returns what was added."""
+        cfg = loader.load_config(path, self.plugins, find_project=self._find_project_spec, find_engine=self._find_engine_type)
+        return self.add_config(cfg)
+
+    def add_text(self, text: str, path: str | None = None) -> list[str]:
+        cfg = loader.load_text(text, path, self.plugins, find_project=self._find_project_spec, find_engine=self._find_engine_type)
+        return self.add_config(cfg)
+
+    def _find_project_spec(self, name: str) -> ProjectSpec | None:
+        with self._lock:
+            project = self.projects.get(name)
+            return project.spec if project else None
+
+    def _find_engine_type(self, project: str, engine: str) -> type | None:
+        with self._lock:
+            p = self.projects.get(project)
+            e = p.engines.get(engine) if p else None
+            return type(e.strategy) if e else None
+
+    def add_config(self, cfg: ConfigFile) -> list[str]:
+        with self._lock:
+            new_projects: dict[str, Project] = {}
+            new_engines: list[Engine] = []
+            new_tasks: list[Task] = []
+            try:
+                for spec in cfg.projects:
+                    if spec.name in self.projects or spec.name in new_projects:
+                        raise ObjectError(f"{_where(None if cfg.path is None else config.Origin(cfg.path))}project {spec.name} already exists")
+                    project = Project(spec=spec, plugins=self.plugins)
+                    new_projects[spec.name] = project
+                engines_by_id: dict[tuple, Engine] = {}
+                for ec in cfg.engines:
+                    project = new_projects.get(ec.project) or self.projects.get(ec.project)
+                    if project is None:
+                        raise ObjectError(f"{_where(ec.origin)}[engine] project {ec.project} does not exist: "
+                                          f"add a [project] group with name={ec.project} first")
+                    if ec.name in project.engines or (ec.project, ec.name) in engines_by_id:
+                        raise ObjectError(f"{_where(ec.origin)}[engine] engine {ec.name} already exists in project {ec.project}")
+                    engine = Engine(project, config=ec)
+                    new_engines.append(engine)
+                    engines_by_id[(ec.project, ec.name)] = engine
+                task_ids = set()
+                for tc in cfg.tasks:
+                    engine = engines_by_id.get((tc.project, tc.engine))
+                    if engine is None:
+                        project = new_projects.get(tc.project) or self.projects.get(tc.project)
+                        if project is None:
+                            raise ObjectError(f"{_where(tc.origin)}[task] project {tc.project} does not exist")
+                        engine = project.engines.get(tc.engine)
+                        if engine is None:
+                            raise ObjectError(f"{_where(tc.origin)}[task] engine {tc.engine} does not exist in project {tc.project}: "
+                                              f"add an [engine] group for it first")
+                    ident = (tc.project, tc.engine, tc.name)
+                    if tc.name in engine.tasks or ident in task_ids:
+                        raise ObjectError(f"{_where(tc.origin)}[task] task {tc.name} already exists in engine {tc.engine} of project {tc.project}")
+                    task_ids.add(ident)
+                    task = Task(engine, config=tc)
+                    engine.strategy.add_task(task)
+                    new_tasks.append(task)
+            except Exception:
+                for task in new_tasks:
+                    _quietly(task.engine.strategy.remove_task, task)
+                for engine in new_engines:
+                    _quietly(engine.strategy.close)
+                raise
+            # Everything is valid: attach it all.
+            self.projects.update(new_projects)
+            for engine in new_engines:
+                engine.project.engines[engine.name] = engine
+            started: list[Task] = []
+            for task in new_tasks:
+                task.engine.tasks[task.name] = task
+                if task.project.started:
+                    started.append(task)
+            for task in started:
+                try:
+                    task.start()
+                except EtmemError as exc:
+                    task.stats.last_error = str(exc)
+                    log.error("task %s could not start: %s", task.name, exc)
+            added = [f"project {p}" for p in new_projects] + [f"engine {e.name}" for e in new_engines] + [f"task {t.name}" for t in new_tasks]
+            log.info("added %s", ", ".join(added) or "nothing")
+            return added
+
+    # -- deleting -----------------------------------------------------------------
+    def delete_file(self, path: str) -> list[str]:
+        """Delete the tasks, engines and projects a config file names, in that order.
+
+        Only the identifying keys are read. Goes on past a missing object and
+        reports every failure at the end, as upstream does.
+        """
+        groups = config.parse_keyfile(config.read_config_file(path), path)
+        return self.delete_groups(groups)
+
+    def delete_groups(self, groups: Iterable[config.Group]) -> list[str]:
+        groups = list(groups)
+        deleted, failures = [], []
+        for kind in ("task", "engine", "project"):
+            for group in (g for g in groups if g.kind == kind):
+                v = group.values
+                try:
+                    if kind == "task":
+                        self.delete_task(_need(group, "project"), _need(group, "engine"), _need(group, "name"))
+                        deleted.append(f"task {v['name']}")
+                    elif kind == "engine":
+                        name = _need(group, "name")
+                        if name == "thirdparty" and "eng_name" in v:
+                            name = v["eng_name"]
+                        self.delete_engine(_need(group, "project"), name)
+                        deleted.append(f"engine {name}")
+                    else:
+                        self.delete_project(_need(group, "name"))
+                        deleted.append(f"project {v['name']}")
+                except EtmemError as exc:
+                    failures.append(f"{group.path}:{group.line}: {exc}" if group.path and not isinstance(exc, ConfigError) else str(exc))
+        if failures:
+            raise ObjectError("\n".join(failures))
+        return deleted
+
+    def delete_task(self, project: str, engine: str, name: str) -> None:
+        with self._lock:
+            eng = self.project(project).engine(engine)
+            task = eng.task(name)
+            with eng.project._lock:
+                task.stop()
+                eng.strategy.remove_task(task)
+                del eng.tasks[name]
+
+    def delete_engine(self, project: str, name: str) -> None:
+        with self._lock:
+            proj = self.project(project)
+            eng = proj.engine(name)
+            with proj._lock:
+                for task in list(eng.tasks.values()):
+                    task.stop()
+                    _quietly(eng.strategy.remove_task, task)
+                eng.tasks.clear()
+                _quietly(eng.strategy.close)
+                del proj.engines[name]
+
+    def delete_project(self, name: str) -> None:
+        with self._lock:
+            proj = self.project(name)
+            if proj.started:
+                proj.stop()
+            for engine_name in list(proj.engines):
+                self.delete_engine(name, engine_name)
+            del self.projects[name]
+
+    # -- running ----------------------------------------------------------------------
+    def start(self, name: str) -> None:
+        self.project(name).start()
+
+    def stop(self, name: str) -> None:
+        self.project(name).stop()
+
+    def show(self, name: str | None = None) -> list[dict]:
+        with self._lock:
+            projects = [self.project(name)] if name else list(self.projects.values())
+        return [p.show() for p in projects]
+
+    def engine_command(self, project: str, engine: str, cmd: str, task: str | None = None) -> str:
+        proj = self.project(project)
+        if not proj.started:
+            raise ObjectError(f"project {project} is not started: engine commands need a started project "
+                              f"(etmem project start -n {project})")
+        return proj.engine(engine).command(cmd, task)
+
+    def close(self) -> None:
+        """Stop every started project (the daemon's SIGTERM path)."""
+        with self._lock:
+            projects = list(self.projects.values())
+        for proj in projects:
+            if proj.started:
+                _quietly(proj.stop)
+
+
+def _need(group: config.Group, key_name: str) -> str:
+    value = group.values.get(key_name)
+    if not value:
+        raise ConfigError("missing; needed to find the object to delete", group.path, group.line, group.kind, key_name)
+    return value
+
+
+def _quietly(fn: Callable, *args) -> None:
+    try:
+        fn(*args)
+    except Exception as exc:
+        log.warning("while cleaning up: %s", exc)
