@@ -113,14 +113,13 @@ def _ranges(addrs, sizes) -> tuple[np.ndarray, np.ndarray]:
     a = np.asarray(addrs, dtype=np.uint64).ravel()
     if a.size == 0:
         return np.empty(0, np.uint64), np.empty(0, np.uint64)
-    if sizes is None:
-        s = np.full(a.shape, PAGE, dtype=np.uint64)
-    else:
-        s = np.broadcast_to(np.asarray(sizes, dtype=np.uint64), a.shape)
     mask = np.uint64(PAGE - 1)
     starts = a & ~mask
-    ends = (a + s + mask) & ~mask
-    ends = np.maximum(ends, starts + np.uint64(PAGE))
+    if sizes is None:   # the page holding each address
+        ends = starts + np.uint64(PAGE)
+    else:               # every page touched by [addr, addr + size)
+        s = np.broadcast_to(np.asarray(sizes, dtype=np.uint64), a.shape)
+        ends = np.maximum((a + s + mask) & ~mask, starts + np.uint64(PAGE))
     order = np.argsort(starts, kind="stable")
     starts, ends = starts[order], ends[order]
     return _union(starts, ends)
@@ -376,29 +375,38 @@ def _pageout_swap_pages(target: ProcessHandle, pages: np.ndarray, counters: Call
         # An open /proc/PID file stays bound to the process it was opened for; if that is
         # still ours now, every write below goes to our process.
         target.check()
-        lines = encode_swap_pages(pages)
-        per_write = SWAP_PAGES_WRITE // SWAP_LINE
-        for first in range(0, len(lines), per_write):
-            chunk = lines[first:first + per_write]
-            data = memoryview(np.ascontiguousarray(chunk)).cast("B")
-            written = 0
-            try:
-                while written < len(data):
-                    n = os.write(fd, data[written:])
-                    written += n
-                    result.calls += 1
-            except OSError as exc:
-                counters.record("swap_pages", len(chunk), written // SWAP_LINE, written // SWAP_LINE * PAGE, exc.errno or 0)
-                result.done += written // SWAP_LINE
-                if exc.errno == errno.ESRCH:
-                    raise ProcessGone(f"process {target.pid} ({target.comm}) exited during swap-out") from None
-                result.error = f"writing {path}: {exc.strerror}; swap-out stopped"
-                _warn(result.error)
-                return
-            counters.record("swap_pages", len(chunk), len(chunk), len(chunk) * PAGE)
-            result.done += len(chunk)
+        write_swap_lines(fd, encode_swap_pages(pages), counters, result, target)
     finally:
         os.close(fd)
+
+
+def write_swap_lines(fd: int, lines: np.ndarray, counters: CallCounters, result: SwapResult,
+                     target: ProcessHandle) -> None:
+    """Write (n, SWAP_LINE) lines to fd, at most SWAP_PAGES_WRITE bytes and only whole lines per write."""
+    per_write = SWAP_PAGES_WRITE // SWAP_LINE
+    path = f"/proc/{target.pid}/swap_pages"
+    for first in range(0, len(lines), per_write):
+        chunk = np.ascontiguousarray(lines[first:first + per_write])
+        data = memoryview(chunk).cast("B")
+        written = 0
+        try:
+            while written < len(data):
+                n = os.write(fd, data[written:])
+                result.calls += 1
+                if n <= 0:
+                    raise OSError(errno.EIO, "the kernel accepted no bytes")
+                written += n
+        except OSError as exc:
+            done = written // SWAP_LINE
+            counters.record("swap_pages", len(chunk), done, done * PAGE, exc.errno or 0)
+            result.done += done
+            if exc.errno == errno.ESRCH:
+                raise ProcessGone(f"process {target.pid} ({target.comm}) exited during swap-out") from None
+            result.error = f"writing {path}: {exc.strerror}; swap-out stopped"
+            _warn(result.error)
+            return
+        counters.record("swap_pages", len(chunk), len(chunk), len(chunk) * PAGE)
+        result.done += len(chunk)
 
 
 # --- NUMA -------------------------------------------------------------------
