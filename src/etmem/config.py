@@ -267,7 +267,8 @@ def structure(cls: type, values: dict, group: str, origin: Origin | None = None,
 
 def unknown_key_message(name: str, allowed: Iterable[str]) -> str:
     allowed = sorted(allowed)
-    close = difflib.get_close_matches(name, allowed, n=1, cutoff=0.6)
+    same_but_case = [a for a in allowed if a.lower() == name.lower()]
+    close = same_but_case or difflib.get_close_matches(name, allowed, n=1, cutoff=0.6)
     hint = f"; did you mean '{close[0]}'?" if close else ""
     return f"unknown key{hint} (allowed here: {', '.join(allowed)})"
 

@@ -37,7 +37,8 @@ class PluginInfo:
 class Plugins:
     """A pluggy manager plus the engine registry it yields."""
 
-    def __init__(self, entry_points: bool = True):
+    def __init__(self, entry_points: bool = True, extra: tuple = ()):
+        """Load the built-ins, then `extra` plugin objects (for programs and tests), then entry points."""
         self.pm = pluggy.PluginManager("etmem")
         self.pm.add_hookspecs(hookspecs)
         self.infos: list[PluginInfo] = []
@@ -45,6 +46,9 @@ class Plugins:
         for module_name in BUILTIN_PLUGINS:
             module = importlib.import_module(module_name)
             self._register(module, module_name, _package_version(), "builtin")
+        for plugin in extra:
+            name = getattr(plugin, "__name__", type(plugin).__name__)
+            self._register(plugin, name, getattr(plugin, "__version__", "0"), "registered in code")
         if entry_points:
             self._load_entry_points()
         self.pm.check_pending()

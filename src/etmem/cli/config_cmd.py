@@ -1,0 +1,83 @@
+"""`etmem config check FILE...` and `etmem config keys [ENGINE]`: offline config work.
+
+Upstream has no offline check; this one validates files exactly as `etmemd`
+would on `obj add`, without a daemon, and lists every key an engine accepts.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+
+import attrs
+
+from .. import config, loader
+from ..errors import ConfigError
+from ..plugins import default_plugins
+
+
+def set_argparser(parser: argparse.ArgumentParser) -> None:
+    sub = parser.add_subparsers(dest="config_command", metavar="{check,keys}", required=True)
+    check = sub.add_parser("check", help="validate config files without a daemon",
+                           description="Validate etmem config files as etmemd would on 'obj add'. "
+                                       "Exit 0 when every file is valid, 1 otherwise.")
+    check.add_argument("files", nargs="+", metavar="FILE")
+    keys = sub.add_parser("keys", help="list the keys of the project group and of each engine",
+                          description="List every key etmem accepts, with what each allows.")
+    keys.add_argument("engine", nargs="?", help="only this engine type (slide, cslide, thirdparty, ...)")
+
+
+def main(args: argparse.Namespace) -> int:
+    if args.config_command == "check":
+        return check(args.files)
+    return show_keys(args.engine)
+
+
+def check(paths: list[str]) -> int:
+    failed = 0
+    for path in paths:
+        try:
+            cfg = loader.load_config(path)
+        except ConfigError as exc:
+            failed += 1
+            print(str(exc), file=sys.stderr)
+            continue
+        for warning in cfg.warnings:
+            print(f"warning: {warning}", file=sys.stderr)
+        print(f"{path}: ok: {cfg.summary()}")
+    return 1 if failed else 0
+
+
+def _rows(group: str, cls: type) -> list[str]:
+    rows = []
+    for attr in attrs.fields(cls):
+        required = attr.default is attrs.NOTHING
+        default = "" if required or attr.default is None else f" (default {_show(attr.default)})"
+        rows.append(f"  {attr.name:<22} {'required' if required else 'optional'}  {config.describe(attr)}{default}"
+                    f"\n  {'':<22} {attr.metadata.get('warn') or attr.metadata.get('help', '')}")
+    return [f"[{group}]"] + (rows or ["  (no keys of its own)"])
+
+
+def _show(value) -> str:
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    return str(value)
+
+
+def show_keys(engine: str | None) -> int:
+    plugins = default_plugins()
+    lines: list[str] = []
+    if engine is None:
+        lines += _rows("project", config.ProjectSpec) + [""]
+        lines += _rows("engine (every engine)", config.EngineCommon) + [""]
+        lines += _rows("task (every task)", config.TaskCommon) + [""]
+    names = [engine] if engine else sorted(plugins.engines)
+    for name in names:
+        strategy = plugins.engine_type(name)
+        if strategy is None:
+            print(f"etmem: engine '{name}' is not installed (installed engines: {plugins.installed()})", file=sys.stderr)
+            return 1
+        passthrough = "; other keys are handed to the engine" if strategy.pass_unknown_keys else ""
+        lines += _rows(f"engine name={name}{passthrough}", strategy.engine_keys) + [""]
+        lines += _rows(f"task of a {name} engine{passthrough}", strategy.task_keys) + [""]
+    print("\n".join(lines).rstrip())
+    return 0
