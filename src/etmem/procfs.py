@@ -218,6 +218,11 @@ def maps(pid: int) -> list[Vma]:
 
 def smaps(pid: int) -> list[Vma]:
     """The VMAs of /proc/PID/smaps with VmFlags, Referenced, Rss, Swap and Anonymous."""
+    return parse_smaps(read_text(pid, "smaps"))
+
+
+def parse_smaps(text: str) -> list[Vma]:
+    """The VMAs of an smaps text (see `smaps`), for callers that read the file themselves."""
     out: list[Vma] = []
     current: Vma | None = None
     fields: dict = {}
@@ -226,7 +231,7 @@ def smaps(pid: int) -> list[Vma]:
         if current is not None:
             out.append(current._replace(**fields))
 
-    for line in read_text(pid, "smaps").splitlines():
+    for line in text.splitlines():
         vma = _parse_maps_line(line) if line[:1] in "0123456789abcdef" and "-" in line.split(" ", 1)[0] else None
         if vma is not None:
             flush()
