@@ -354,3 +354,16 @@ def test_config_keys_lists_every_engine():
     out = subprocess.run(["etmem", "config", "keys"], capture_output=True, text=True, check=True).stdout
     for name in ("[project]", "loop", "node_pair", "swap_threshold", "eng_name", "engine name=thirdparty"):
         assert name in out
+
+
+def test_docs_config_md_documents_every_key():
+    import attrs
+
+    from etmem.plugins import default_plugins
+
+    text = open(os.path.join(HERE, "..", "docs", "config.md")).read()
+    classes = [config.ProjectSpec, config.EngineCommon, config.TaskCommon]
+    for strategy in default_plugins().engines.values():
+        classes += [strategy.engine_keys, strategy.task_keys]
+    missing = [a.name for cls in classes for a in attrs.fields(cls) if f"`{a.name}`" not in text]
+    assert missing == []
