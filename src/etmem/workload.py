@@ -12,6 +12,7 @@ one-line JSON commands on stdin/stdout: `stats`, `verify`, `quit`.
 """
 from __future__ import annotations
 
+import ctypes
 import json
 import mmap
 import os
@@ -33,14 +34,27 @@ def _pattern(n_words: int, seed: int) -> np.ndarray:
     return words * np.uint64(0x9E3779B97F4A7C15) + np.uint64(seed)
 
 
+_libc = ctypes.CDLL(None, use_errno=True)
+_libc.mprotect.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int)
+
+
 class _Region:
+    """An anonymous mapping of `size` bytes that is a VMA of its own.
+
+    A PROT_NONE guard page after it stops the kernel from merging it with a
+    neighbouring mapping, so per-VMA sources (smaps) can tell the regions apart.
+    """
+
     def __init__(self, size: int, seed: int, huge: bool):
-        self.map = mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+        self.map = mmap.mmap(-1, size + PAGE, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
         self.map.madvise(MADV_HUGEPAGE if huge else MADV_NOHUGEPAGE)
-        self.words = np.frombuffer(self.map, dtype=np.uint64)
+        base = np.frombuffer(self.map, dtype=np.uint8).ctypes.data
+        if _libc.mprotect(base + size, PAGE, 0) != 0:
+            raise OSError(ctypes.get_errno(), "mprotect of the guard page failed")
+        self.words = np.frombuffer(self.map, dtype=np.uint64, count=size // 8)
         self.words[:] = _pattern(len(self.words), seed)
         self.seed = seed
-        self.start = np.frombuffer(self.map, dtype=np.uint8).ctypes.data
+        self.start = base
         self.size = size
 
     def verify(self, hot_rounds: int | None = None) -> bool:
