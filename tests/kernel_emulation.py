@@ -414,9 +414,11 @@ class Emulator:
     real file. `files` keeps the emulated files handed out, for tests to inspect.
     """
 
-    def __init__(self, pid: int, table: PageTable, idle_pages: bool = True, page_idle: bool = True):
+    def __init__(self, pid: int, table: PageTable, idle_pages: bool = True, page_idle: bool = True,
+                 chunk_size: int = KBUF_SIZE):
         self.pid = pid
         self.table = table
+        self.chunk_size = chunk_size
         self.idle_pages = idle_pages
         self.page_idle = page_idle
         self.files: list = []
@@ -427,7 +429,7 @@ class Emulator:
             if m.group(2) == "idle_pages":
                 if not self.idle_pages:
                     raise FileNotFoundError(errno.ENOENT, "No such file or directory", path)
-                f = IdlePagesFile(self.table)
+                f = IdlePagesFile(self.table, self.chunk_size)
             else:
                 f = PagemapFile(self.table)
             self.files.append(f)
