@@ -41,17 +41,19 @@ _libc.mprotect.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int)
 class _Region:
     """An anonymous mapping of `size` bytes that is a VMA of its own.
 
-    A PROT_NONE guard page after it stops the kernel from merging it with a
+    PROT_NONE guard pages on both sides stop the kernel from merging it with a
     neighbouring mapping, so per-VMA sources (smaps) can tell the regions apart.
     """
 
     def __init__(self, size: int, seed: int, huge: bool):
-        self.map = mmap.mmap(-1, size + PAGE, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+        self.map = mmap.mmap(-1, size + 2 * PAGE, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
         self.map.madvise(MADV_HUGEPAGE if huge else MADV_NOHUGEPAGE)
-        base = np.frombuffer(self.map, dtype=np.uint8).ctypes.data
-        if _libc.mprotect(base + size, PAGE, 0) != 0:
-            raise OSError(ctypes.get_errno(), "mprotect of the guard page failed")
-        self.words = np.frombuffer(self.map, dtype=np.uint64, count=size // 8)
+        guard = np.frombuffer(self.map, dtype=np.uint8).ctypes.data
+        base = guard + PAGE
+        for page in (guard, base + size):
+            if _libc.mprotect(page, PAGE, 0) != 0:
+                raise OSError(ctypes.get_errno(), "mprotect of a guard page failed")
+        self.words = np.frombuffer(self.map, dtype=np.uint64, count=size // 8, offset=PAGE)
         self.words[:] = _pattern(len(self.words), seed)
         self.seed = seed
         self.start = base
