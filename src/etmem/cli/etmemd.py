@@ -1,7 +1,270 @@
-"""The `etmemd` daemon command (placeholder until the daemon issue)."""
+"""The `etmemd` command: upstream's daemon options, logging and systemd fork mode.
+
+`etmemd -s NAME [-l 0..3] [-m]` serves the `Manager` on abstract socket NAME
+(`etmem.daemon`). Logs go to syslog/journald under upstream's ident `[etmemd] `,
+and to stderr as well when running in the foreground. With `-m` the process forks:
+the parent writes the pid file and exits once the child listens, as systemd's
+Type=forking expects. SIGTERM or SIGINT stops every project and removes the pid file.
+"""
+from __future__ import annotations
+
+import getopt
+import grp
+import logging
+import os
+import signal
 import sys
+import syslog
+
+from ..errors import EtmemError
+
+USAGE = """
+usage of etmemd:
+    etmemd [options]
+
+options:
+    -l|--log-level <log-level>  Log level (0 debug, 1 info, 2 warning, 3 error; default 1)
+    -s|--socket <sockect name>  Socket name to listen to
+    -m|--mode-systemctl         mode used to start(systemctl)
+    -h|--help                   Show this message
+
+etmem for Python options:
+    --allow-group <group>       Also accept uid 0 clients whose gid is this group
+                                (name or number; may be repeated; default: gid 0 only)
+    --config-perms <rule>       strict (default, upstream's): config files owned by
+                                root:root with mode 0400 or 0600; relaxed: owned by
+                                root and not writable by group or others
+    --pid-file <path>           Pid file written in -m mode (default /run/etmemd.pid)
+"""
+
+DEFAULT_PID_FILE = "/run/etmemd.pid"
+SYSLOG_IDENT = "[etmemd] "
+LEVELS = {0: logging.DEBUG, 1: logging.INFO, 2: logging.WARNING, 3: logging.ERROR}
+DEFAULT_LEVEL = 1
+_SYSLOG_PRIORITY = {logging.DEBUG: syslog.LOG_DEBUG, logging.INFO: syslog.LOG_INFO,
+                    logging.WARNING: syslog.LOG_WARNING, logging.ERROR: syslog.LOG_ERR,
+                    logging.CRITICAL: syslog.LOG_CRIT}
+
+log = logging.getLogger("etmem.etmemd")
 
 
-def main(argv=None) -> int:
-    print("etmemd: not yet implemented", file=sys.stderr)
+class SyslogHandler(logging.Handler):
+    """Logs through libc syslog(3) (journald takes it where it runs), like upstream."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        syslog.openlog(SYSLOG_IDENT, syslog.LOG_PID, syslog.LOG_DAEMON)
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            syslog.syslog(_SYSLOG_PRIORITY.get(record.levelno, syslog.LOG_INFO),
+                          self.format(record))
+        except Exception:
+            self.handleError(record)
+
+
+class Options:
+    def __init__(self) -> None:
+        self.socket_name: str | None = None
+        self.level = DEFAULT_LEVEL
+        self.systemctl = False
+        self.help = False
+        self.allowed_gids: set[int] = {0}
+        self.config_perms = "strict"
+        self.pid_file = DEFAULT_PID_FILE
+
+
+class UsageError(Exception):
+    pass
+
+
+def _group_id(value: str) -> int:
+    if value.isdigit():
+        return int(value)
+    try:
+        return grp.getgrnam(value).gr_gid
+    except KeyError:
+        raise UsageError(f"unknown group {value!r} for --allow-group") from None
+
+
+def parse_options(argv: list[str]) -> Options:
+    from .. import protocol
+
+    try:
+        opts, rest = getopt.gnu_getopt(argv, "l:s:mh", [
+            "log-level=", "socket=", "mode-systemctl", "help",
+            "allow-group=", "config-perms=", "pid-file="])
+    except getopt.GetoptError as e:
+        raise UsageError(f"parse parameters failed: {e.msg}") from None
+    if rest:
+        raise UsageError(f"useless parameters passed in: {' '.join(rest)}")
+    o = Options()
+    for opt, value in opts:
+        if opt in ("-h", "--help"):
+            o.help = True
+        elif opt in ("-s", "--socket"):
+            if o.socket_name is not None:
+                raise UsageError("parse sock parameter repeated")
+            try:
+                protocol.check_socket_name(value)
+            except protocol.ProtocolError as e:
+                raise UsageError(str(e)) from None
+            o.socket_name = value
+        elif opt in ("-l", "--log-level"):
+            if not value.strip().lstrip("-").isdigit() or int(value) not in LEVELS:
+                raise UsageError(f"log level must be 0, 1, 2 or 3, not {value!r}")
+            o.level = int(value)
+        elif opt in ("-m", "--mode-systemctl"):
+            o.systemctl = True
+        elif opt == "--allow-group":
+            o.allowed_gids.add(_group_id(value))
+        elif opt == "--config-perms":
+            if value not in ("strict", "relaxed"):
+                raise UsageError(f"--config-perms must be strict or relaxed, not {value!r}")
+            o.config_perms = value
+        elif opt == "--pid-file":
+            o.pid_file = value
+    if not o.help and o.socket_name is None:
+        raise UsageError("socket name of rpc to listen must be provided")
+    return o
+
+
+def setup_logging(level: int, foreground: bool) -> None:
+    logger = logging.getLogger("etmem")
+    logger.setLevel(LEVELS[level])
+    logger.propagate = False
+    for handler in list(logger.handlers):
+        logger.removeHandler(handler)
+    handler = SyslogHandler()
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    logger.addHandler(handler)
+    if foreground:
+        stream = logging.StreamHandler(sys.stderr)
+        stream.setFormatter(logging.Formatter("etmemd: %(levelname)s: %(message)s"))
+        logger.addHandler(stream)
+
+
+def _write_pid_file(path: str, pid: int) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+    with os.fdopen(fd, "w") as f:
+        f.write(f"{pid}\n")
+
+
+def _remove_pid_file(path: str) -> None:
+    """Remove the pid file if it still names this process."""
+    try:
+        with open(path) as f:
+            if f.read().strip() != str(os.getpid()):
+                return
+        os.unlink(path)
+    except OSError:
+        pass
+
+
+def _fork_for_systemd(pid_file: str) -> int | None:
+    """Fork. In the parent: write the pid file, wait until the child listens (or dies),
+    and return the exit status. In the child: return None, holding the pipe end
+    that `_tell_parent_ready` writes to."""
+    r, w = os.pipe2(os.O_CLOEXEC)
+    pid = os.fork()
+    if pid == 0:
+        os.close(r)
+        os.setsid()
+        global _ready_fd
+        _ready_fd = w
+        return None
+    os.close(w)
+    try:
+        _write_pid_file(pid_file, pid)
+    except OSError as e:
+        print(f"etmemd: cannot write pid file {pid_file}: {e.strerror}", file=sys.stderr)
+        os.kill(pid, signal.SIGTERM)
+        return 1
+    with os.fdopen(r, "rb") as pipe:
+        ready = pipe.read(1)
+    if ready == b"1":
+        return 0
+    try:
+        os.unlink(pid_file)
+    except OSError:
+        pass
+    os.waitpid(pid, 0)
     return 1
+
+
+_ready_fd: int | None = None
+
+
+def _tell_parent_ready() -> None:
+    """Child side of -m: stop writing to the parent's terminal and release it."""
+    global _ready_fd
+    devnull = os.open(os.devnull, os.O_RDWR)
+    for fd in (0, 1, 2):
+        os.dup2(devnull, fd)
+    os.close(devnull)
+    if _ready_fd is not None:
+        os.write(_ready_fd, b"1")
+        os.close(_ready_fd)
+        _ready_fd = None
+
+
+def run(o: Options) -> int:
+    from ..daemon import Daemon
+
+    if o.systemctl:
+        status = _fork_for_systemd(o.pid_file)
+        if status is not None:
+            return status
+    setup_logging(o.level, foreground=not o.systemctl)
+    try:
+        from ..model import Manager
+
+        manager = Manager()
+        daemon = Daemon(o.socket_name, manager, allowed_gids=frozenset(o.allowed_gids),
+                        config_perms=o.config_perms)
+        daemon.listen()
+    except EtmemError as e:
+        log.error("%s", e)
+        print(f"etmemd: {e}", file=sys.stderr)
+        return 1
+
+    def stop(signum, _frame):
+        log.info("caught signal %d, stopping", signum)
+        daemon.request_stop()
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    log.info("etmemd started (pid %d, socket @%s, log level %d)", os.getpid(),
+             o.socket_name, o.level)
+    if o.systemctl:
+        _tell_parent_ready()
+    try:
+        daemon.serve_forever()
+    finally:
+        if o.systemctl:
+            _remove_pid_file(o.pid_file)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        o = parse_options(argv)
+    except UsageError as e:
+        sys.stderr.write(f"error: {e}\n{USAGE}")
+        return 1
+    if o.help:
+        sys.stdout.write(USAGE)
+        return 0
+    if os.geteuid() != 0:
+        print("etmemd: warning: not running as root; scanning and swapping other "
+              "processes will fail", file=sys.stderr)
+    try:
+        return run(o)
+    except KeyboardInterrupt:
+        return 130
+    except Exception as e:
+        logging.getLogger("etmem.etmemd").exception("etmemd failed")
+        print(f"etmemd: internal error: {type(e).__name__}: {e}", file=sys.stderr)
+        return 1

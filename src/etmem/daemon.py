@@ -1,0 +1,369 @@
+"""etmemd's socket server: peer checks, request handling, a thread per connection.
+
+`Daemon` listens on an abstract unix socket, checks each peer's credentials
+(SO_PEERCRED), reads one request line (`protocol`), runs it on a `Manager` and
+answers with text and a 0xFF/0xFE tag. Every failure a peer can cause becomes a
+failure reply; nothing a peer sends can stop the daemon.
+
+Config files named in `obj add`/`obj del` are resolved and checked here, before the
+Manager sees them: a relative path is taken relative to the *client's* working
+directory (read from /proc/PEER_PID/cwd, since upstream's client sends the path as
+typed), then it must be a regular file owned by root with upstream's modes.
+"""
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import select
+import socket
+import stat
+import struct
+import threading
+from dataclasses import dataclass
+from typing import Protocol
+
+from . import protocol
+from .errors import EtmemError
+from .protocol import Command, ProtocolError, Request
+
+log = logging.getLogger("etmem.daemon")
+
+#: Upstream refuses config files above 10 MiB.
+MAX_CONFIG_SIZE = 10 << 20
+#: A connection must deliver its request within this many seconds.
+REQUEST_TIMEOUT = 10.0
+#: After a chunk that is not yet a whole request, wait this long for more bytes.
+REQUEST_IDLE_GAP = 0.2
+#: At most this many connections are served at once; more wait in the listen backlog.
+MAX_CONNECTIONS = 128
+#: Config permission rules: upstream's (root:root, mode 0400 or 0600) or relaxed
+#: (owned by uid 0, no group or other write permission).
+CONFIG_PERMS = ("strict", "relaxed")
+
+
+class ManagerLike(Protocol):
+    def add_file(self, path: str) -> list[str]: ...
+    def delete_file(self, path: str) -> list[str]: ...
+    def start(self, name: str) -> None: ...
+    def stop(self, name: str) -> None: ...
+    def show(self, name: str | None = None) -> list[dict]: ...
+    def engine_command(self, project: str, engine: str, cmd: str, task: str | None = None) -> str: ...
+    def close(self) -> None: ...
+
+
+@dataclass(frozen=True)
+class Peer:
+    """The credentials of a connected client, as the kernel reports them."""
+
+    pid: int
+    uid: int
+    gid: int
+
+    @classmethod
+    def of(cls, conn: socket.socket) -> Peer:
+        raw = conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+        pid, uid, gid = struct.unpack("3i", raw)
+        return cls(pid, uid, gid)
+
+    def __str__(self) -> str:
+        return f"pid {self.pid} uid {self.uid} gid {self.gid}"
+
+
+class RequestRefused(EtmemError):
+    """A request the daemon will not run; the message is the reply text."""
+
+
+def resolve_config_path(path: str, peer: Peer) -> str:
+    """The absolute real path of config `path` as the peer meant it.
+
+    A relative path is joined to the peer's working directory, read from
+    /proc/PID/cwd (the pid comes from SO_PEERCRED).
+    """
+    if not os.path.isabs(path):
+        try:
+            cwd = os.readlink(f"/proc/{peer.pid}/cwd")
+        except OSError as e:
+            raise RequestRefused(f"cannot resolve relative config path {path}: the client's "
+                                 f"working directory is unreadable ({e.strerror}); "
+                                 f"give an absolute path") from None
+        path = os.path.join(cwd, path)
+    return os.path.realpath(path)
+
+
+def check_config_file(path: str, perms: str = "strict") -> None:
+    """Raise RequestRefused unless `path` is a config file etmemd may trust."""
+    try:
+        st = os.stat(path)
+    except OSError as e:
+        raise RequestRefused(f"config file {path}: {e.strerror}") from None
+    if not stat.S_ISREG(st.st_mode):
+        raise RequestRefused(f"config file {path} is not a regular file")
+    mode = stat.S_IMODE(st.st_mode)
+    if perms == "strict":
+        if st.st_uid != 0 or st.st_gid != 0:
+            raise RequestRefused(f"config file {path} must be owned by root:root "
+                                 f"(it is owned by {st.st_uid}:{st.st_gid})")
+        if mode not in (0o400, 0o600):
+            raise RequestRefused(f"config file {path} must have mode 0400 or 0600 "
+                                 f"(it has {mode:04o})")
+    else:
+        if st.st_uid != 0:
+            raise RequestRefused(f"config file {path} must be owned by root "
+                                 f"(it is owned by uid {st.st_uid})")
+        if mode & 0o022:
+            raise RequestRefused(f"config file {path} must not be writable by group or others "
+                                 f"(it has mode {mode:04o})")
+    if st.st_size > MAX_CONFIG_SIZE:
+        raise RequestRefused(f"config file {path} is {st.st_size} bytes; at most "
+                             f"{MAX_CONFIG_SIZE} are accepted")
+
+
+class Daemon:
+    """The etmemd server: one listening socket, one thread per connection, one Manager."""
+
+    def __init__(self, socket_name: str, manager: ManagerLike, *,
+                 allowed_gids: frozenset[int] = frozenset({0}), config_perms: str = "strict",
+                 request_timeout: float = REQUEST_TIMEOUT,
+                 max_connections: int = MAX_CONNECTIONS):
+        protocol.check_socket_name(socket_name)
+        if config_perms not in CONFIG_PERMS:
+            raise ValueError(f"config_perms must be one of {CONFIG_PERMS}")
+        self.socket_name = socket_name
+        self.manager = manager
+        self.allowed_gids = frozenset(allowed_gids) | {0}
+        self.config_perms = config_perms
+        self.request_timeout = request_timeout
+        self._slots = threading.BoundedSemaphore(max_connections)
+        self._sock: socket.socket | None = None
+        self._wake_r, self._wake_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
+        self._stopping = threading.Event()
+        self._threads: set[threading.Thread] = set()
+        self._threads_lock = threading.Lock()
+
+    # -- lifecycle ----------------------------------------------------------------
+
+    def listen(self) -> None:
+        """Bind and listen; EtmemError if the name is taken."""
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+        try:
+            sock.bind(protocol.socket_address(self.socket_name))
+        except OSError as e:
+            sock.close()
+            if e.errno == errno.EADDRINUSE:
+                raise EtmemError(f"socket name {self.socket_name} is already in use "
+                                 f"(is another etmemd running?)") from None
+            raise EtmemError(f"cannot bind socket {self.socket_name}: {e.strerror}") from None
+        sock.listen(64)
+        self._sock = sock
+        log.info("listening on abstract socket @%s", self.socket_name)
+
+    def serve_forever(self) -> None:
+        """Accept connections until `request_stop()`; then stop all projects."""
+        assert self._sock is not None, "listen() first"
+        try:
+            while not self._stopping.is_set():
+                ready, _, _ = select.select([self._sock, self._wake_r], [], [])
+                if self._stopping.is_set():
+                    break
+                if self._sock not in ready:
+                    continue
+                try:
+                    conn, _ = self._sock.accept()
+                except OSError as e:
+                    log.warning("accept failed: %s", e.strerror)
+                    continue
+                self._slots.acquire()
+                thread = threading.Thread(target=self._serve_connection, args=(conn,),
+                                          name="etmemd-conn", daemon=True)
+                with self._threads_lock:
+                    self._threads.add(thread)
+                thread.start()
+        finally:
+            self._shutdown()
+
+    def request_stop(self) -> None:
+        """Ask serve_forever() to return; safe from a signal handler or another thread."""
+        self._stopping.set()
+        try:
+            os.write(self._wake_w, b"x")
+        except OSError:
+            pass
+
+    def _shutdown(self) -> None:
+        if self._sock is not None:
+            self._sock.close()
+            self._sock = None
+        with self._threads_lock:
+            threads = list(self._threads)
+        for thread in threads:
+            thread.join(timeout=self.request_timeout)
+        log.info("stopping all projects")
+        try:
+            self.manager.close()
+        except Exception:
+            log.exception("stopping the projects failed")
+        os.close(self._wake_r)
+        os.close(self._wake_w)
+        log.info("etmemd stopped")
+
+    # -- one connection -------------------------------------------------------------
+
+    def _serve_connection(self, conn: socket.socket) -> None:
+        try:
+            with conn:
+                self.handle(conn)
+        except Exception:
+            log.exception("unexpected error while serving a connection")
+        finally:
+            self._slots.release()
+            with self._threads_lock:
+                self._threads.discard(threading.current_thread())
+
+    def handle(self, conn: socket.socket) -> None:
+        """Serve one connection: read the request, check the peer, run it, reply."""
+        conn.settimeout(self.request_timeout)
+        peer = Peer.of(conn)
+        try:
+            data = self._read_request(conn)
+        except ProtocolError as e:
+            log.warning("bad request from %s: %s", peer, e)
+            self._reply(conn, protocol.error_text(str(e)), ok=False)
+            return
+        except OSError as e:
+            log.warning("reading the request from %s failed: %s", peer, e)
+            return
+        if not self.peer_allowed(peer):
+            log.warning("refused a request from %s: etmemd accepts only uid 0 with gid %s",
+                        peer, self._gid_text())
+            self._reply(conn, protocol.error_text(
+                f"permission denied: etmemd accepts requests only from uid 0 with gid "
+                f"{self._gid_text()} (you are uid {peer.uid} gid {peer.gid})"), ok=False)
+            return
+        log.debug("request from %s: %r", peer, data)
+        try:
+            request = protocol.decode_request(data)
+        except ProtocolError as e:
+            log.warning("bad request from %s: %s", peer, e)
+            self._reply(conn, protocol.error_text(str(e)), ok=False)
+            return
+        text, ok = self.execute(request, peer)
+        self._reply(conn, text, ok)
+
+    def peer_allowed(self, peer: Peer) -> bool:
+        return peer.uid == 0 and peer.gid in self.allowed_gids
+
+    def _gid_text(self) -> str:
+        return " or ".join(str(g) for g in sorted(self.allowed_gids))
+
+    def _read_request(self, conn: socket.socket) -> bytes:
+        """Read one request: until EOF, or until the bytes form a whole request and no
+        more follow at once, or until the sender pauses (REQUEST_IDLE_GAP)."""
+        buf = b""
+        while True:
+            if buf:
+                conn.settimeout(REQUEST_IDLE_GAP)
+            try:
+                chunk = conn.recv(protocol.MAX_REQUEST + 1 - len(buf))
+            except TimeoutError:
+                if buf:
+                    return buf
+                raise ProtocolError(f"no request within {self.request_timeout:g} s") from None
+            if not chunk:
+                if not buf:
+                    raise ProtocolError("empty request")
+                return buf
+            buf += chunk
+            if len(buf) > protocol.MAX_REQUEST:
+                self._drain(conn)
+                raise ProtocolError(f"request longer than {protocol.MAX_REQUEST} bytes")
+            if self._is_whole(buf):
+                conn.settimeout(0.0)  # only what is already queued
+                try:
+                    more = conn.recv(protocol.MAX_REQUEST + 1 - len(buf))
+                except (BlockingIOError, InterruptedError):
+                    return buf
+                if not more:
+                    return buf
+                buf += more
+                if len(buf) > protocol.MAX_REQUEST:
+                    self._drain(conn)
+                    raise ProtocolError(f"request longer than {protocol.MAX_REQUEST} bytes")
+
+    @staticmethod
+    def _is_whole(buf: bytes) -> bool:
+        """True when `buf` has all twelve words of a request line (valid or not)."""
+        return len(buf.split(b" ")) == 2 * len(protocol.KEYS) and not buf.endswith(b" ")
+
+    @staticmethod
+    def _drain(conn: socket.socket, limit: int = 1 << 20) -> None:
+        """Read and drop what an over-long request still sends, so that closing the
+        socket does not reset the connection before the client reads our reply."""
+        conn.settimeout(REQUEST_IDLE_GAP)
+        seen = 0
+        try:
+            while seen < limit:
+                chunk = conn.recv(65536)
+                if not chunk:
+                    return
+                seen += len(chunk)
+        except OSError:
+            return
+
+    @staticmethod
+    def _reply(conn: socket.socket, text: str, ok: bool) -> None:
+        try:
+            conn.settimeout(REQUEST_TIMEOUT)
+            conn.sendall(protocol.encode_reply(text, ok))
+        except OSError as e:
+            log.info("could not send the reply: %s", e)
+
+    # -- running requests ---------------------------------------------------------
+
+    def execute(self, request: Request, peer: Peer) -> tuple[str, bool]:
+        """Run a decoded request; (reply text, success)."""
+        what = request.cmd.label
+        try:
+            text = self._run(request, peer)
+        except EtmemError as e:
+            log.warning("%s failed (%s): %s", what, peer, e)
+            return protocol.error_text(str(e)), False
+        except Exception as e:  # a bug below us must not take the daemon down
+            log.exception("%s failed with an internal error", what)
+            return protocol.error_text(f"etmemd internal error: {type(e).__name__}: {e} "
+                                       f"(details in the etmemd log)"), False
+        log.debug("%s succeeded (%s)", what, peer)
+        return text, True
+
+    def _run(self, request: Request, peer: Peer) -> str:
+        m = self.manager
+        cmd = request.cmd
+        if cmd in (Command.OBJ_ADD, Command.OBJ_DEL):
+            assert request.file is not None
+            path = resolve_config_path(request.file, peer)
+            check_config_file(path, self.config_perms)
+            if cmd == Command.OBJ_ADD:
+                added = m.add_file(path)
+                log.debug("added %s from %s", ", ".join(added) or "nothing", path)
+            else:
+                removed = m.delete_file(path)
+                log.debug("deleted %s from %s", ", ".join(removed) or "nothing", path)
+            return ""
+        if cmd == Command.PROJECT_START:
+            m.start(request.project)
+            log.debug("project %s started", request.project)
+            return ""
+        if cmd == Command.PROJECT_STOP:
+            m.stop(request.project)
+            log.debug("project %s stopped", request.project)
+            return ""
+        if cmd == Command.PROJECT_SHOW:
+            projects = m.show(request.project)
+            if request.wants_json:
+                return protocol.render_show_json(projects)
+            return protocol.render_show_text(projects)
+        if cmd == Command.ENGINE:
+            text = m.engine_command(request.project, request.engine, request.engine_cmd,
+                                    request.task)
+            return text or ""
+        raise RequestRefused(f"unknown command {int(cmd)}")
