@@ -1,0 +1,84 @@
+"""The scanner on this kernel, as root: pagemap decoding against swapped-out pages, smaps on a live workload."""
+from __future__ import annotations
+
+import ctypes
+import os
+
+import numpy as np
+import pytest
+
+from conftest import pagemap_bits
+from etmem import procfs
+from etmem.kernel import SYS_pidfd_open, SYS_process_madvise, libc
+from etmem.scan import Scanner, decode_pagemap
+
+PAGE = 4096
+MADV_PAGEOUT = 21
+
+
+def page_out(pid: int, start: int, end: int) -> int:
+    """Swap [start, end) of pid out with a raw process_madvise(MADV_PAGEOUT); bytes advised."""
+    pidfd = libc.syscall(SYS_pidfd_open, pid, 0)
+    assert pidfd >= 0, f"pidfd_open: errno {ctypes.get_errno()}"
+    try:
+        iov = (ctypes.c_uint64 * 2)(start, end - start)
+        done = libc.syscall(SYS_process_madvise, pidfd, ctypes.byref(iov), 1, MADV_PAGEOUT, 0)
+        assert done >= 0, f"process_madvise: errno {ctypes.get_errno()}"
+        return done
+    finally:
+        os.close(pidfd)
+
+
+def raw_pagemap(pid: int, start: int, end: int) -> np.ndarray:
+    with open(f"/proc/{pid}/pagemap", "rb") as f:
+        f.seek(start // PAGE * 8)
+        return np.frombuffer(f.read((end - start) // PAGE * 8), dtype=np.uint64)
+
+
+def test_pagemap_decoding_matches_the_kernel_for_pages_swapped_to_zram(need_root, zram_swap, workload_factory):
+    w = workload_factory(total_mb=64, hot_mb=8)
+    cold_start, cold_end = w.cold
+    half = cold_start + (cold_end - cold_start) // 2
+    assert page_out(w.pid, cold_start, half) == half - cold_start
+
+    raw = raw_pagemap(w.pid, cold_start, cold_end)
+    got = decode_pagemap(raw)
+    present, swapped = pagemap_bits(w.pid, cold_start, cold_end)
+    np.testing.assert_array_equal(got["present"], present)
+    np.testing.assert_array_equal(got["swapped"], swapped)
+    n_half = (half - cold_start) // PAGE
+    assert got["swapped"][:n_half].mean() > 0.9, "the paged-out half should sit in zram"
+    assert got["present"][n_half:].all() and not got["swapped"][n_half:].any()
+    assert not (got["present"] & got["swapped"]).any()
+    # present pages carry their frame number (root sees PFNs), swapped ones none
+    assert (got["pfn"][got["present"]] > 0).all() and (got["pfn"][~got["present"]] == 0).all()
+    assert len(np.unique(got["pfn"][got["present"]])) == int(got["present"].sum())
+    # private anonymous pages mapped once are exclusive, and not file pages
+    assert got["exclusive"][got["present"]].all() and not got["file"].any()
+
+    text = next(v for v in procfs.maps(w.pid) if v.inode and "x" in v.perms)
+    file_pm = decode_pagemap(raw_pagemap(w.pid, text.start, text.end))
+    assert file_pm["present"].any() and file_pm["file"][file_pm["present"]].all()
+
+    # the scanner reports resident pages only: the swapped half is not in its result
+    refs = Scanner(w.pid, source="smaps", ranges=[w.cold]).scan()
+    assert refs.error is None
+    resident = cold_start + np.flatnonzero(got["present"]).astype(np.uint64) * np.uint64(PAGE)
+    np.testing.assert_array_equal(refs.addr, resident)
+
+
+def test_smaps_source_separates_a_hot_vma_from_a_cold_one_in_a_live_workload(need_root, workload_factory):
+    w = workload_factory(total_mb=64, hot_mb=8, pause=0.005)
+    loop = 3
+    refs = Scanner(w.pid, source="smaps", ranges=[w.hot, w.cold]).scan(loop=loop, sleep=0.3)
+    assert (refs.source, refs.per_vma, refs.passes, refs.error) == ("smaps", True, loop, None)
+    hot = (refs.addr >= w.hot[0]) & (refs.addr < w.hot[1])
+    cold = (refs.addr >= w.cold[0]) & (refs.addr < w.cold[1])
+    assert hot.sum() == (w.hot[1] - w.hot[0]) // PAGE
+    assert cold.sum() == (w.cold[1] - w.cold[0]) // PAGE
+    assert (refs.count[hot] == loop).all()
+    # the cold region was written once at start: at most the first pass sees that
+    assert refs.count[cold].max() <= 1
+    np.testing.assert_array_equal(refs.cold(2), cold)
+    assert refs.total_bytes(refs.cold(2)) == w.cold[1] - w.cold[0]
+    assert len({int(v) for v in refs.vma[hot]} & {int(v) for v in refs.vma[cold]}) == 0
