@@ -1,0 +1,147 @@
+"""The wire protocol: the exact request bytes of upstream's client, reply framing, limits."""
+from __future__ import annotations
+
+import json
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from etmem import protocol
+from etmem.protocol import Command, ProtocolError, Reply, Request
+
+# Bytes observed from upstream's C client (UPSTREAM.md §2).
+UPSTREAM_OBJ_ADD = b"proj_name - file_name /etc/etmem/a.conf cmd 0 eng_name - eng_cmd - task_name -"
+UPSTREAM_SHOW_ALL = b"proj_name - file_name - cmd 4 eng_name - eng_cmd - task_name -"
+UPSTREAM_START = b"proj_name proj1 file_name - cmd 2 eng_name - eng_cmd - task_name -"
+UPSTREAM_ENGINE = b"proj_name proj1 file_name - cmd 5 eng_name cslide eng_cmd showtaskpages task_name t1"
+
+
+@pytest.mark.parametrize("request_, wire", [
+    (Request(Command.OBJ_ADD, file="/etc/etmem/a.conf"), UPSTREAM_OBJ_ADD),
+    (Request(Command.PROJECT_SHOW), UPSTREAM_SHOW_ALL),
+    (Request(Command.PROJECT_START, project="proj1"), UPSTREAM_START),
+    (Request(Command.ENGINE, project="proj1", engine="cslide", engine_cmd="showtaskpages", task="t1"),
+     UPSTREAM_ENGINE),
+    (Request(Command.OBJ_DEL, file="rel/b.conf"),
+     b"proj_name - file_name rel/b.conf cmd 1 eng_name - eng_cmd - task_name -"),
+    (Request(Command.PROJECT_STOP, project="p"),
+     b"proj_name p file_name - cmd 3 eng_name - eng_cmd - task_name -"),
+    (Request(Command.PROJECT_SHOW, project="p"),
+     b"proj_name p file_name - cmd 4 eng_name - eng_cmd - task_name -"),
+])
+def test_requests_encode_to_upstream_client_bytes_and_back(request_, wire):
+    assert request_.encode() == wire
+    assert protocol.decode_request(wire) == request_
+
+
+def test_show_json_is_sent_in_the_otherwise_unused_eng_cmd_field():
+    req = Request(Command.PROJECT_SHOW, engine_cmd=protocol.SHOW_JSON)
+    assert req.encode() == b"proj_name - file_name - cmd 4 eng_name - eng_cmd json task_name -"
+    assert protocol.decode_request(req.encode()).wants_json
+
+
+def test_reply_tags_are_ff_for_success_and_fe_for_failure():
+    assert protocol.encode_reply("", True) == b"\xff"
+    assert protocol.encode_reply("error: x\n", False) == b"error: x\n\xfe"
+    assert Reply.decode(b"text\xff") == Reply("text", True)
+    assert Reply.decode(b"error: no\n\xfe") == Reply("error: no\n", False)
+    with pytest.raises(ProtocolError, match="without finishing"):
+        Reply.decode(b"cut off")
+
+
+def test_abstract_address_is_nul_and_name_without_trailing_nul():
+    assert protocol.socket_address("etmemd_socket") == b"\0etmemd_socket"
+
+
+@pytest.mark.parametrize("name, ok", [("a" * 106, True), ("a" * 107, False), ("", False), ("a\0b", False)])
+def test_socket_names_follow_upstreams_limit(name, ok):
+    if ok:
+        protocol.check_socket_name(name)
+    else:
+        with pytest.raises(ProtocolError):
+            protocol.check_socket_name(name)
+
+
+@pytest.mark.parametrize("data, message", [
+    (b"", "empty request"),
+    (b"hello", "expected 12"),
+    (b"proj_name - file_name - cmd 9 eng_name - eng_cmd - task_name -", "unknown command number 9"),
+    (b"proj_name - file_name - cmd x eng_name - eng_cmd - task_name -", "cmd must be a number"),
+    (b"proj_name - file_name - cmd - eng_name - eng_cmd - task_name -", "cmd must be a number"),
+    (b"proj_name - file_name - cmd -1 eng_name - eng_cmd - task_name -", "cmd must be a number"),
+    (b"file_name - proj_name - cmd 4 eng_name - eng_cmd - task_name -", "expected 'proj_name'"),
+    (b"proj_name  file_name - cmd 4 eng_name - eng_cmd - task_name -", "empty value for proj_name"),
+    (b"proj_name - file_name - cmd 2 eng_name - eng_cmd - task_name -", "needs a project name"),
+    (b"proj_name - file_name - cmd 0 eng_name - eng_cmd - task_name -", "needs a config file name"),
+    (b"proj_name p file_name - cmd 5 eng_name - eng_cmd x task_name -", "needs a engine name"),
+    (b"proj_name p file_name /a cmd 2 eng_name - eng_cmd - task_name -", "takes no config file"),
+    (b"proj_name -p file_name - cmd 2 eng_name - eng_cmd - task_name -", "must not start with '-'"),
+    (b"proj_name - file_name - cmd 4 eng_name - eng_cmd xml task_name -", "other than 'json'"),
+    (b"proj_name \xff file_name - cmd 2 eng_name - eng_cmd - task_name -", "not UTF-8"),
+    (b"proj_name p\tq file_name - cmd 2 eng_name - eng_cmd - task_name -", "white space"),
+    (b"x" * 513, "longer than 512"),
+])
+def test_malformed_requests_are_refused_with_a_reason(data, message):
+    with pytest.raises(ProtocolError, match=message):
+        protocol.decode_request(data)
+
+
+def test_a_trailing_newline_from_a_hand_written_client_is_tolerated():
+    assert protocol.decode_request(UPSTREAM_START + b"\n") == protocol.decode_request(UPSTREAM_START)
+
+
+def test_requests_of_exactly_512_bytes_pass_and_513_do_not():
+    base = Request(Command.PROJECT_START, project="p").encode()
+    name = "p" * (1 + 512 - len(base))
+    assert len(Request(Command.PROJECT_START, project=name).encode()) == 512
+    with pytest.raises(ProtocolError, match="at most 512"):
+        Request(Command.PROJECT_START, project=name + "p").encode()
+
+
+@pytest.mark.parametrize("value", ["a b", "-x", "", "a\nb"])
+def test_values_that_cannot_travel_are_refused_before_sending(value):
+    with pytest.raises(ProtocolError):
+        Request(Command.PROJECT_START, project=value).encode()
+
+
+names = st.text(st.characters(blacklist_categories=("Cs", "Zs", "Zl", "Zp", "Cc")), min_size=1,
+                max_size=20).filter(lambda s: not s.startswith("-") and not any(c.isspace() for c in s))
+
+
+@settings(max_examples=300)
+@given(cmd=st.sampled_from(list(Command)), project=names, engine=names, engine_cmd=names,
+       task=st.none() | names, file=names)
+def test_every_valid_request_survives_encode_and_decode(cmd, project, engine, engine_cmd, task, file):
+    fields = {
+        Command.OBJ_ADD: dict(file=file), Command.OBJ_DEL: dict(file=file),
+        Command.PROJECT_START: dict(project=project), Command.PROJECT_STOP: dict(project=project),
+        Command.PROJECT_SHOW: dict(project=project),
+        Command.ENGINE: dict(project=project, engine=engine, engine_cmd=engine_cmd, task=task),
+    }[cmd]
+    req = Request(cmd, **fields)
+    assert protocol.decode_request(req.encode()) == req
+
+
+SHOWN = [{"name": "web", "started": True, "scan_type": "page", "tasks": [
+    {"number": 1, "type": "pid", "value": "1234", "name": "t1", "engine": "slide", "started": True,
+     "stats": {"rounds": 3, "last_error": "no such process", "source": None, "calls": {"swap": {"n": 2}}}},
+    {"number": 2, "type": "name", "value": "mysqld", "name": "t2", "engine": "cslide", "started": False,
+     "stats": {}},
+]}]
+
+
+def test_show_text_has_upstreams_columns_then_the_stats():
+    text = protocol.render_show_text(SHOWN)
+    assert text.splitlines() == [
+        "project: web",
+        "number  type  value   name  engine  started",
+        "1       pid   1234    t1    slide   true",
+        "2       name  mysqld  t2    cslide  false",
+        "stats:",
+        '  t1: rounds=3 last_error="no such process" calls.swap.n=2',
+    ]
+
+
+def test_show_json_is_the_managers_show_list():
+    assert json.loads(protocol.render_show_json(SHOWN)) == SHOWN
