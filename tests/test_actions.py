@@ -140,14 +140,16 @@ _MAPPER = textwrap.dedent("""
             m.write(b"\\x5a" * size)
         addr = ctypes.addressof(ctypes.c_char.from_buffer(m))
         return m, addr
-    keep = []
+    lock = sys.argv[1] == "1"
     plain, a = region(4 << 20, mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
-    locked, b = region(2 << 20, mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
-    assert libc.mlock(ctypes.c_void_p(b), ctypes.c_size_t(2 << 20)) == 0, ctypes.get_errno()
     shared, c = region(1 << 20, mmap.MAP_SHARED | mmap.MAP_ANONYMOUS)
-    out = {"plain": a, "locked": b, "shared": c}
+    out = {"plain": a, "shared": c}
+    if lock:
+        locked, b = region(2 << 20, mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+        assert libc.mlock(ctypes.c_void_p(b), ctypes.c_size_t(2 << 20)) == 0, ctypes.get_errno()
+        out["locked"] = b
     try:
-        huge, d = region(2 << 20, mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | 0x40000)  # MAP_HUGETLB
+        huge, d = region(2 << 20, mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | 0x40000, fill=lock)  # MAP_HUGETLB
         out["hugetlb"] = d
     except OSError:
         pass
@@ -156,15 +158,17 @@ _MAPPER = textwrap.dedent("""
 """)
 
 
-@pytest.fixture
-def mapper(need_root):
-    """A child with a plain, an mlocked, a shared and (given 2 MiB hugetlb pages) a hugetlb region."""
+@pytest.fixture(params=[True, False], ids=["locked", "nothing-locked"])
+def mapper(need_root, request):
+    """A child with a plain, a shared, (given 2 MiB hugetlb pages) a hugetlb region, and with
+    param True an mlocked region and a faulted-in hugetlb page (swap_out reads smaps), with
+    False an untouched hugetlb mapping only (swap_out reads maps and must still see it)."""
     path = "/proc/sys/vm/nr_hugepages"
     with open(path) as f:
         before = int(f.read())
     with open(path, "w") as f:   # relative change: other users of hugetlb keep theirs
         f.write(str(before + 1))
-    proc = subprocess.Popen([sys.executable, "-c", _MAPPER], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    proc = subprocess.Popen([sys.executable, "-c", _MAPPER, "1" if request.param else "0"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     try:
         yield proc, json.loads(proc.stdout.readline())
     finally:
@@ -179,8 +183,10 @@ def mapper(need_root):
 def test_locked_hugetlb_shared_and_unmapped_pages_are_skipped_and_counted(zram_swap, mapper):
     proc, regions = mapper
     pages = lambda start, size: np.arange(start, start + size, PAGE, dtype=U)
-    parts = [pages(regions["plain"], 4 << 20), pages(regions["locked"], 2 << 20), pages(regions["shared"], 1 << 20),
+    parts = [pages(regions["plain"], 4 << 20), pages(regions["shared"], 1 << 20),
              np.array([0x1000, 0x2000], dtype=U)]         # never mapped
+    if "locked" in regions:
+        parts.append(pages(regions["locked"], 2 << 20))
     if "hugetlb" in regions:
         parts.append(pages(regions["hugetlb"], 2 << 20))
     counters = CallCounters()
@@ -188,17 +194,64 @@ def test_locked_hugetlb_shared_and_unmapped_pages_are_skipped_and_counted(zram_s
         r = swap_out(h, np.concatenate(parts), counters=counters, method="process_madvise")
     assert r.error is None
     assert r.done == 1024
-    assert r.skipped_locked == 512
+    assert r.skipped_locked == (512 if "locked" in regions else 0)
     assert r.skipped_outside == 256 + 2
     assert r.skipped_hugetlb == (512 if "hugetlb" in regions else 0)
     assert counters.as_dict()["process_madvise"]["errors"] == {}
     _, swapped = pagemap_bits(proc.pid, regions["plain"], regions["plain"] + (4 << 20))
     assert swapped.all()
     for name, size in (("locked", 2 << 20), ("shared", 1 << 20)):
+        if name not in regions:
+            continue
         present, swapped = pagemap_bits(proc.pid, regions[name], regions[name] + size)
         assert present.all() and not swapped.any(), name
     if "hugetlb" not in regions:
         pytest.skip("no 2 MiB hugetlb page could be reserved; the hugetlb skip was not exercised")
+
+
+def test_thp_pages_go_out_whole_given_their_size(need_root, zram_swap, workload_factory):
+    w = workload_factory(total_mb=40, hot_mb=4, huge=True)
+    s, e = w.cold
+    huge = 2 << 20
+    first = (s + huge - 1) // huge * huge
+    heads = np.arange(first, e - huge + 1, 2 * huge, dtype=U)[:4]     # every other 2 MiB block
+    with ProcessHandle.open(w.pid) as h:
+        r = swap_out(h, heads, sizes=huge)
+    assert r.requested == r.done == heads.size * 512
+    for head in heads.tolist():
+        _, swapped = pagemap_bits(w.pid, head, head + huge)
+        assert swapped.all()
+        present, swapped = pagemap_bits(w.pid, head + huge, head + 2 * huge)
+        assert present.all() and not swapped.any()
+    assert w.verify()
+
+
+def test_a_range_the_kernel_refuses_is_skipped_alone_and_counted(need_root, zram_swap, workload_factory, monkeypatch):
+    # Pretend the map (read just before) had a private VMA where nothing is mapped any more,
+    # as when the target unmaps memory between our read and the call: the kernel says ENOMEM
+    # for that range only, and the ranges before and after it in the same batch still go out.
+    w = workload_factory(total_mb=24, hot_mb=4)
+    s, e = w.cold
+    ghost = 0x100000000   # 4 GiB: below the mmap area, above a small python's heap
+    assert all(not (v.start < ghost + PAGE and ghost < v.end) for v in actions.procfs.maps(w.pid))
+    real = actions._target_vmas
+    monkeypatch.setattr(actions, "_target_vmas", lambda pid: sorted(
+        real(pid) + [actions.procfs.Vma(ghost, ghost + 16 * PAGE, "rw-p", 0, "00:00", 0, "")]))
+    before = np.arange(s, s + 8 * PAGE, 2 * PAGE, dtype=U)
+    after = np.arange(s + 64 * PAGE, s + 72 * PAGE, 2 * PAGE, dtype=U)
+    counters = CallCounters()
+    with ProcessHandle.open(w.pid) as h:
+        r = swap_out(h, np.concatenate([before, np.array([ghost], dtype=U), after]), counters=counters,
+                     method="process_madvise")
+    assert r.error is None
+    assert r.requested == 9 and r.done == 8
+    c = counters.as_dict()["process_madvise"]
+    assert c["errors"] == {"ENOMEM": 1}
+    assert c["pages_done"] == 8
+    _, swapped = pagemap_bits(w.pid, s, s + 72 * PAGE)
+    assert swapped[0:8:2].all() and swapped[64:72:2].all()
+    assert swapped.sum() == 8
+    assert w.verify()
 
 
 def test_missing_swap_skips_with_one_clear_message(need_root, workload_factory, monkeypatch, caplog):
