@@ -1,0 +1,201 @@
+"""The real `etmem` command against a recording socket: the exact bytes it sends, how it
+prints replies, its help texts and exit statuses."""
+from __future__ import annotations
+
+import socket
+import subprocess
+import threading
+
+import pytest
+
+from etmem.cli import client
+from etmemd_harness import script, unique_socket_name
+
+
+class RecordingServer:
+    """Listens like etmemd, records each request's bytes and answers with `reply`."""
+
+    def __init__(self, reply: bytes = b"\xff"):
+        self.name = unique_socket_name("rec")
+        self.reply = reply
+        self.requests: list[bytes] = []
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.bind(b"\0" + self.name.encode())
+        self.sock.listen(8)
+        self.sock.settimeout(0.2)
+        self.stopping = False
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self):
+        while not self.stopping:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                continue
+            with conn:
+                conn.settimeout(5)
+                self.requests.append(conn.recv(4096))  # upstream's client sends one write
+                conn.sendall(self.reply)
+
+    def close(self):
+        self.stopping = True
+        self.thread.join(5)
+        self.sock.close()
+
+
+@pytest.fixture
+def server():
+    s = RecordingServer()
+    yield s
+    s.close()
+
+
+def etmem(*args, cwd=None):
+    return subprocess.run([script("etmem"), *args], capture_output=True, text=True, timeout=60, cwd=cwd)
+
+
+@pytest.mark.parametrize("argv, wire", [
+    (["obj", "add", "-f", "/etc/etmem/a.conf", "-s", "SOCK"],
+     b"proj_name - file_name /etc/etmem/a.conf cmd 0 eng_name - eng_cmd - task_name -"),
+    (["obj", "del", "--file", "a.conf", "--socket", "SOCK"],
+     b"proj_name - file_name a.conf cmd 1 eng_name - eng_cmd - task_name -"),
+    (["project", "show", "-s", "SOCK"],
+     b"proj_name - file_name - cmd 4 eng_name - eng_cmd - task_name -"),
+    (["project", "start", "-n", "proj1", "-s", "SOCK"],
+     b"proj_name proj1 file_name - cmd 2 eng_name - eng_cmd - task_name -"),
+    (["project", "stop", "-s", "SOCK", "--name=proj1"],
+     b"proj_name proj1 file_name - cmd 3 eng_name - eng_cmd - task_name -"),
+    (["project", "show", "-n", "proj1", "-s", "SOCK"],
+     b"proj_name proj1 file_name - cmd 4 eng_name - eng_cmd - task_name -"),
+    (["engine", "showtaskpages", "-t", "t1", "-n", "proj1", "-e", "cslide", "-s", "SOCK"],
+     b"proj_name proj1 file_name - cmd 5 eng_name cslide eng_cmd showtaskpages task_name t1"),
+    (["engine", "showhostpages", "--proj_name", "proj1", "--engine", "cslide", "--socket", "SOCK"],
+     b"proj_name proj1 file_name - cmd 5 eng_name cslide eng_cmd showhostpages task_name -"),
+])
+def test_the_client_sends_exactly_upstreams_bytes(server, argv, wire):
+    argv = [server.name if a == "SOCK" else a for a in argv]
+    result = etmem(*argv)
+    assert result.returncode == 0, result.stderr
+    assert server.requests == [wire]
+
+
+def test_the_relative_config_path_is_sent_as_typed(server, tmp_path):
+    etmem("obj", "add", "-f", "sub/a.conf", "-s", server.name, cwd=tmp_path)
+    assert server.requests == [b"proj_name - file_name sub/a.conf cmd 0 eng_name - eng_cmd - task_name -"]
+
+
+def test_success_prints_the_reply_text_on_stdout():
+    s = RecordingServer(b"project: p\nnumber\n\xff")
+    try:
+        result = etmem("project", "show", "-s", s.name)
+    finally:
+        s.close()
+    assert (result.returncode, result.stdout, result.stderr) == (0, "project: p\nnumber\n", "")
+
+
+def test_a_failure_reply_exits_186_with_upstreams_lines_and_usage():
+    s = RecordingServer(b"error: project is not exist\xfe")
+    try:
+        result = etmem("project", "start", "-n", "p", "-s", s.name)
+    finally:
+        s.close()
+    assert result.returncode == 186
+    assert result.stdout == ""
+    assert result.stderr == ("error: project is not exist\n"
+                             "etmem_client_recv failed.\n"
+                             "etmem: error -70\n" + client.PROJECT_HELP)
+
+
+def test_a_reply_cut_off_before_the_tag_is_a_failure():
+    s = RecordingServer(b"half a repl")
+    try:
+        result = etmem("project", "show", "-s", s.name)
+    finally:
+        s.close()
+    assert result.returncode == 186
+    assert "without finishing its reply" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_no_daemon_is_a_clear_message_and_status_111():
+    name = unique_socket_name("none")
+    result = etmem("project", "show", "-s", name)
+    assert result.returncode == 111
+    assert result.stderr == f"etmem: cannot connect to etmemd on socket {name}: is etmemd running?\n"
+
+
+def test_json_show_asks_with_eng_cmd_json_and_prints_the_json():
+    s = RecordingServer(b'[{"name": "p", "tasks": []}]\n\xff')
+    try:
+        result = etmem("project", "show", "-o", "json", "-s", s.name)
+    finally:
+        s.close()
+    assert s.requests == [b"proj_name - file_name - cmd 4 eng_name - eng_cmd json task_name -"]
+    assert result.returncode == 0 and result.stdout == '[{"name": "p", "tasks": []}]\n'
+
+
+def test_json_show_against_a_daemon_that_answers_text_says_so():
+    s = RecordingServer(b"project: p\n\xff")
+    try:
+        result = etmem("project", "show", "--output=json", "-s", s.name)
+    finally:
+        s.close()
+    assert result.returncode == 1
+    assert "did not answer in JSON" in result.stderr
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["obj", "add", "-s", "x"], "configuration file must be given"),
+    (["obj", "add", "-f", "a.conf"], "socket name to connect must be given"),
+    (["obj", "put", "-f", "a", "-s", "x"], "obj command put is not supported"),
+    (["project", "start", "-s", "x"], "project name must be given"),
+    (["project", "start", "-n", "a b", "-s", "x"], "must not contain white space"),
+    (["project", "start", "-n", "-x", "-s", "x"], "must not start with '-'"),
+    (["project", "start", "-n", "p", "-s", "x", "extra"], "useless parameters passed in: extra"),
+    (["project", "start", "-n", "p", "-s", "x", "-q"], "invalid option"),
+    (["project", "start", "-n", "p", "-n", "q", "-s", "x"], "given more than once"),
+    (["project", "start", "-n", "p", "-o", "json", "-s", "x"], "only to project show"),
+    (["project", "show", "-o", "yaml", "-s", "x"], "text or json"),
+    (["project", "show", "-s", "s" * 107], "shorter than 107 bytes"),
+    (["project", "start", "-n", "p" * 500, "-s", "x"], "at most 512"),
+    (["engine", "showtaskpages", "-e", "cslide", "-s", "x"], "project name must be given"),
+    (["engine", "showtaskpages", "-n", "p", "-s", "x"], "engine name must be given"),
+    (["obj", "add", "-f", "my file.conf", "-s", "x"], "must not contain white space"),
+])
+def test_usage_errors_exit_234_with_the_reason_and_the_usage(argv, message):
+    result = etmem(*argv)
+    assert result.returncode == 234, result
+    assert message in result.stderr
+    assert "etmem: error -22" in result.stderr
+    assert result.stderr.endswith(client.HELP[argv[0]])
+    assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("group", ["obj", "project", "engine"])
+def test_group_help_exits_0_and_a_bare_group_exits_234(group):
+    helped = etmem(group, "help")
+    assert (helped.returncode, helped.stdout) == (0, client.HELP[group])
+    bare = etmem(group)
+    assert (bare.returncode, bare.stderr) == (234, client.HELP[group])
+
+
+def test_help_lists_every_command_with_one_line_each():
+    for argv in (["help"], ["--help"]):
+        result = etmem(*argv)
+        assert result.returncode == 0
+        lines = result.stdout.splitlines()
+        for command in ("obj add|del", "project start|stop", "project show", "engine CMD",
+                        "config", "plugins", "demo", "help"):
+            assert sum(1 for line in lines if line.strip().startswith(command)) == 1, command
+    nothing = etmem()
+    assert nothing.returncode == 234 and "Usage:" in nothing.stderr
+    unknown = etmem("migrate", "start")
+    assert unknown.returncode == 234 and "unknown object 'migrate'" in unknown.stderr
+
+
+def test_obj_help_layout_matches_upstream():
+    assert client.OBJ_HELP.splitlines()[:5] == [
+        "", "Usage:", "    etmem obj add [options]", "    etmem obj del [options]", "    etmem obj help"]
+    assert "    -f|--file <conf_file>       Add configuration file" in client.OBJ_HELP
+    assert "    -s|--socket <socket_name>   Socket name to connect" in client.OBJ_HELP
