@@ -334,7 +334,8 @@ def _pageout_madvise(target: ProcessHandle, iov: np.ndarray, counters: CallCount
     pos = 0
     consecutive_errors = 0
     done_bytes = 0
-    ends_at = np.concatenate(([0], np.cumsum(lens, dtype=np.uint64)))   # bytes before each iovec
+    ends_at = np.zeros(n + 1, dtype=np.uint64)     # ends_at[i]: bytes in the iovecs before i
+    np.cumsum(lens, out=ends_at[1:])
     while pos < n:
         count = min(IOV_MAX, n - pos)
         batch_bytes = int(ends_at[pos + count] - ends_at[pos])
@@ -359,7 +360,7 @@ def _pageout_madvise(target: ProcessHandle, iov: np.ndarray, counters: CallCount
                 ends_at[pos] += np.uint64(already)
             continue
         err = ctypes.get_errno()
-        if err == errno.EINTR or err == errno.EAGAIN and consecutive_errors < 3:
+        if err == errno.EINTR or (err == errno.EAGAIN and consecutive_errors < 3):
             consecutive_errors += 1
             continue
         first = int(lens[pos])
