@@ -43,7 +43,7 @@ VMA_SCAN_FLAG = 0x1000
 
 PAGE_IDLE_BITMAP = kernel.PAGE_IDLE_BITMAP
 DAMON_ADMIN = kernel.DAMON_ADMIN
-_PAGEMAP_CHUNK = 1 << 18  # entries per pagemap read (2 MiB of entries, 1 GiB of address space)
+_PAGEMAP_CHUNK = 1 << 16  # entries per pagemap read: 512 KiB, decoded while still in cache
 _BITMAP_WINDOW = 1 << 17  # bitmap words per read/write (1 MiB)
 _IDLE_READ_MAX = 1 << 20  # bytes per idle_pages read
 
@@ -200,27 +200,55 @@ def _errno_message(exc: OSError, pid: int, what: str) -> str:
     return f"{what} of process {pid}: {exc.strerror or exc}"
 
 
-def _read_pagemap(opener, pid: int, windows, buf: np.ndarray | None = None):
-    """Yield (window, raw uint64 entries) for each window, reading in large chunks."""
+def _decode_pagemap_file(f, start: int, end: int, buf: np.ndarray) -> dict[str, np.ndarray]:
+    """Read the pagemap entries of [start, end) from the open file f, decoding chunk by chunk.
+
+    Each chunk is decoded right after its read, while it is still in the CPU cache; pages
+    past what the kernel returned read as absent.
+    """
+    n = (end - start) // PAGE
+    flags = np.zeros((4, n), dtype=np.uint8)
+    pfn = np.zeros(n, dtype=np.uint64)
+    present, swapped, exclusive, file = flags
+    raw = memoryview(buf).cast("B")
+    f.seek(start // PAGE * 8)
+    done = 0
+    while done < n:
+        want = min(n - done, len(buf))
+        got = (f.readinto(raw[:want * 8]) or 0) // 8
+        if not got:
+            break
+        hi = done + got
+        _scan.decode_pagemap(buf[:got], present[done:hi], swapped[done:hi], exclusive[done:hi], file[done:hi], pfn[done:hi])
+        done = hi
+    b = flags.view(bool)
+    return {"present": b[0], "swapped": b[1], "exclusive": b[2], "file": b[3], "pfn": pfn}
+
+
+def read_pagemap(pid: int, start: int, end: int, opener=None) -> dict[str, np.ndarray]:
+    """/proc/PID/pagemap of [start, end), decoded: present, swapped, exclusive, file (bool), pfn.
+
+    One entry per 4 KiB page. PFNs are 0 for pages not present, and for all pages
+    without CAP_SYS_ADMIN. Raises OSError as the kernel does.
+    """
+    f = (opener or _default_opener)(f"/proc/{pid}/pagemap", "rb")
+    try:
+        return _decode_pagemap_file(f, start, end, np.empty(_PAGEMAP_CHUNK, dtype=np.uint64))
+    finally:
+        f.close()
+
+
+def _read_pagemap(opener, pid: int, windows):
+    """Yield (window, decoded pagemap) for each window; a failure ends the pass."""
     path = f"/proc/{pid}/pagemap"
     try:
         f = opener(path, "rb")
     except OSError as exc:
         raise _PassEnded(_errno_message(exc, pid, path)) from None
+    buf = np.empty(_PAGEMAP_CHUNK, dtype=np.uint64)
     try:
         for w in windows:
-            n = len(w.counts)
-            raw = np.empty(n, dtype=np.uint64)
-            f.seek(w.base // PAGE * 8)
-            done = 0
-            while done < n:
-                want = min(n - done, _PAGEMAP_CHUNK)
-                got = f.readinto(memoryview(raw[done:done + want]).cast("B"))
-                if not got:
-                    break
-                done += got // 8
-            raw[done:] = 0
-            yield w, raw
+            yield w, _decode_pagemap_file(f, w.base, w.vma.end, buf)
     except OSError as exc:
         raise _PassEnded(_errno_message(exc, pid, path)) from None
     finally:
@@ -325,8 +353,7 @@ class _PageIdleSource(_Source):
 
     def one_pass(self, windows, index, last):
         pfn_parts, slot_parts = [], []
-        for w, raw in _read_pagemap(self.opener, self.pid, windows):
-            pm = decode_pagemap(raw)
+        for w, pm in _read_pagemap(self.opener, self.pid, windows):
             present = pm["present"]
             w.kinds[present] = 1
             pfn_parts.append(pm["pfn"][present])
@@ -401,8 +428,8 @@ class _SmapsSource(_Source):
             if v is None:
                 raise _PassEnded(f"VMA {w.vma.start:#x}-{w.vma.end:#x} of process {self.pid} vanished during the scan")
             referenced.append(v.referenced_kb > 0)
-        for w, raw in _read_pagemap(self.opener, self.pid, windows):
-            w.kinds[decode_pagemap(raw)["present"]] = 1
+        for w, pm in _read_pagemap(self.opener, self.pid, windows):
+            w.kinds[pm["present"]] = 1
         for w, ref in zip(windows, referenced):
             if ref:
                 w.counts += 1
@@ -515,8 +542,8 @@ class _DamonSource(_Source):
                 a, b = max(start, lo), min(end, hi)
                 if a < b and nr > 0:
                     w.counts[(a - lo) // PAGE:(b - lo + PAGE - 1) // PAGE] += 1
-        for w, raw in _read_pagemap(self.opener, self.pid, windows):
-            w.kinds[decode_pagemap(raw)["present"]] = 1
+        for w, pm in _read_pagemap(self.opener, self.pid, windows):
+            w.kinds[pm["present"]] = 1
 
     def end(self):
         if self.kd is None:
