@@ -307,10 +307,14 @@ class IdlePagesFile(_FileBase):
         self.reads += 1
         if not self.table.vmas or self.offset >= self.table.vmas[-1][1]:
             return b""
-        start = self.offset
-        following = [v[0] for v in self.table.vmas if v[1] > start]
-        start = max(start, following[0])
-        end = start + n * 8 * PAGE
+        # The kernel walks [offset, offset + n*8 pages): a gap before the next VMA is
+        # skipped (SET_HVA), but the end of the range stays where the offset put it.
+        end = self.offset + n * 8 * PAGE
+        following = [v[0] for v in self.table.vmas if v[1] > self.offset]
+        start = max(self.offset, following[0])
+        if start >= end:
+            self.offset = end
+            return b""
         runs = self.table.runs(start, end)
         data, after = encode_idle_pages(runs, self.chunk_size, limit=n)
         complete = not runs or after == runs[-1][0] + runs[-1][2] * TYPE_SIZE[runs[-1][1]]

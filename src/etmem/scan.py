@@ -284,7 +284,9 @@ class _Source:
     def end(self) -> None:
         """Tear down after the last pass (always called)."""
 
-    waits_first = False
+    def wait_before(self, index: int, sleep: float) -> float:
+        """Seconds to wait before pass index: passes are sleep apart."""
+        return sleep if index else 0.0
 
 
 class _IdlePagesSource(_Source):
@@ -332,7 +334,10 @@ class _IdlePagesSource(_Source):
             pos = f.tell()
             if pos >= end:
                 break
-            want = max(64, min(_IDLE_READ_MAX, (end - pos) // PAGE // 8 + 32))
+            # Each byte asked for covers 8 pages, and reading test-and-clears what it covers:
+            # ask for no more than the window (the kernel's minimum is 19 bytes), so the
+            # next VMA's accessed bits are not cleared before its own read.
+            want = max(19, min(_IDLE_READ_MAX, -(-(end - pos) // PAGE // 8)))
             data = f.read(want)
             if not data:
                 break  # the kernel found nothing more to report up to TASK_SIZE
@@ -348,8 +353,14 @@ class _IdlePagesSource(_Source):
 class _PageIdleSource(_Source):
     name = "page_idle"
 
+    # The idle flag has no history to report: mark every page idle first, then each
+    # pass waits `sleep`, reads which pages were used since, and marks them idle again.
+    def wait_before(self, index, sleep):
+        return sleep
+
     def begin(self, windows, sleep):
-        self._pfns = None
+        pfns = [pm["pfn"][pm["present"]] for _, pm in _read_pagemap(self.opener, self.pid, windows)]
+        self._bitmap(np.concatenate(pfns) if pfns else np.zeros(0, np.uint64), read=False)
 
     def one_pass(self, windows, index, last):
         pfn_parts, slot_parts = [], []
@@ -459,15 +470,19 @@ class _DamonSource(_Source):
     """DAMON vaddr monitoring: one kdamond of our own, a `stat` scheme to read regions."""
 
     name = "damon"
-    waits_first = True
     sample_us = 5000
+    aggr_us = 100_000
+
+    def wait_before(self, index, sleep):
+        # DAMON has no history: every pass needs one whole aggregation window first.
+        return max(sleep, self.aggr_us / 1e6)
 
     def begin(self, windows, sleep):
         self.kd = None
         ops = kernel.damon_operations()
         if "vaddr" not in ops:
             raise ScanError(f"scanner source 'damon' is not available: {_damon_reason()}")
-        aggr_us = max(int(sleep * 1e6), 20 * self.sample_us)
+        aggr_us = self.aggr_us = max(int(sleep * 1e6), 20 * self.sample_us)
         with _DAMON_LOCK:
             problem = _damon_owner_problem()
             if problem:
@@ -653,14 +668,12 @@ class Scanner:
             return PageRefs.empty(self.source_name, vmas, source.per_vma, error=str(exc))
         try:
             for index in range(loop):
-                if (index or source.waits_first) and sleep > 0:
-                    if stop is not None:
-                        if stop.wait(sleep):
-                            break
-                    else:
-                        time.sleep(sleep)
-                elif stop is not None and stop.is_set():
-                    break
+                wait = source.wait_before(index, sleep)
+                if stop is not None:
+                    if stop.wait(wait) if wait > 0 else stop.is_set():
+                        break
+                elif wait > 0:
+                    time.sleep(wait)
                 try:
                     self._check_target()
                     source.one_pass(windows, index, index == loop - 1)
