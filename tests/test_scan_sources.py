@@ -1,6 +1,8 @@
 """Scanner sources driven through their real code, with idle_pages / page_idle files emulated."""
 from __future__ import annotations
 
+import errno
+import io
 import mmap
 import os
 import subprocess
@@ -300,3 +302,109 @@ def test_stop_event_ends_the_waiting_between_passes(region):
     t0 = time.monotonic()
     refs = Scanner(os.getpid(), source="idle_pages", ranges=[region], opener=emu.opener).scan(loop=5, sleep=10, stop=stop)
     assert time.monotonic() - t0 < 5 and refs.passes == 1 and refs.error is None
+
+
+def test_idle_pages_reads_stop_at_the_vma_end_so_the_next_vmas_bits_survive(region):
+    start, end = region
+    mid = start + (end - start) // 2
+    table = PageTable()
+    table.add_vma(start, mid, state=ACCESSED)
+    table.add_vma(mid, end, state=ACCESSED)
+    emu = Emulator(os.getpid(), table)
+    refs = Scanner(os.getpid(), source="idle_pages", ranges=[(start, mid), (mid, end)], opener=emu.opener).scan()
+    assert len(refs.vmas) == 2 and len(refs) == 2048
+    assert (refs.count == 1).all(), "reading the first VMA must not clear the second one's accessed bits"
+
+
+# --- DAMON through a stand-in sysfs tree ----------------------------------------
+
+def damon_tree(root, nr_kdamonds="0"):
+    """The files of /sys/kernel/mm/damon/admin a vaddr scan touches, as plain files."""
+    kd = root / "kdamonds"
+    ctx = kd / "0" / "contexts" / "0"
+    scheme = ctx / "schemes" / "0"
+    files = {kd / "nr_kdamonds": nr_kdamonds, kd / "0" / "state": "off", kd / "0" / "contexts" / "nr_contexts": "0",
+             ctx / "operations": "paddr", ctx / "targets" / "nr_targets": "0", ctx / "targets" / "0" / "pid_target": "0",
+             ctx / "schemes" / "nr_schemes": "0", scheme / "action": "pageout"}
+    for sub in ("sample_us", "aggr_us", "update_us"):
+        files[ctx / "monitoring_attrs" / "intervals" / sub] = "0"
+    for sub in ("min", "max"):
+        files[ctx / "monitoring_attrs" / "nr_regions" / sub] = "0"
+        for key in ("sz", "nr_accesses", "age"):
+            files[scheme / "access_pattern" / key / sub] = "0"
+    for path, text in files.items():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+    (scheme / "tried_regions").mkdir()
+    return kd, ctx, scheme
+
+
+def test_damon_source_maps_region_accesses_to_pages_and_removes_its_kdamond(tmp_path, monkeypatch):
+    m = mmap.mmap(-1, 6 << 20, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+    m.madvise(MADV_NOHUGEPAGE)
+    m.write(b"x" * len(m))  # fault every page in
+    start = np.frombuffer(m, dtype=np.uint8).ctypes.data
+    end, hot_end = start + len(m), start + (2 << 20)
+    kd, ctx, scheme = damon_tree(tmp_path)
+    monkeypatch.setattr(scan, "DAMON_ADMIN", str(tmp_path))
+    monkeypatch.setattr(scan.kernel, "damon_operations", lambda: {"vaddr", "paddr"})
+    updates = []
+
+    def opener(path, mode="rb"):
+        if path == f"{kd}/0/state" and "w" in mode:
+            class State(io.BytesIO):
+                def close(self):
+                    if self.getvalue() == b"update_schemes_tried_regions":
+                        updates.append(1)
+                        # two regions: the hot one seen accessed, the cold one not
+                        for i, (a, b, nr) in enumerate([(start, hot_end, 7), (hot_end, end, 0)]):
+                            d = scheme / "tried_regions" / str(i)
+                            d.mkdir(exist_ok=True)
+                            (d / "start").write_text(str(a))
+                            (d / "end").write_text(str(b))
+                            (d / "nr_accesses").write_text(str(nr))
+                    else:
+                        (kd / "0" / "state").write_bytes(self.getvalue())
+                    super().close()
+            return State()
+        return open(path, mode, buffering=0)
+    refs = Scanner(os.getpid(), source="damon", ranges=[(start, end)], opener=opener).scan(loop=3)
+    assert (refs.source, refs.passes, refs.error) == ("damon", 3, None)
+    assert len(updates) == 3 and len(refs) == len(m) // PAGE
+    hot = refs.addr < hot_end
+    assert (refs.count[hot] == 3).all() and (refs.count[~hot] == 0).all()
+    assert (ctx / "operations").read_text() == "vaddr"
+    assert (ctx / "targets" / "0" / "pid_target").read_text() == str(os.getpid())
+    assert (scheme / "action").read_text() == "stat"
+    assert (kd / "nr_kdamonds").read_text() == "0" and (kd / "0" / "state").read_text() == "off"
+    assert not scan._OUR_KDAMONDS
+    m.close()
+
+
+def test_damon_with_a_foreign_kdamond_is_refused_without_writing(tmp_path, monkeypatch):
+    kd, _, _ = damon_tree(tmp_path, nr_kdamonds="1")
+    monkeypatch.setattr(scan, "DAMON_ADMIN", str(tmp_path))
+    monkeypatch.setattr(scan.kernel, "damon_operations", lambda: {"vaddr", "paddr"})
+    writes = []
+
+    def opener(path, mode="rb"):
+        if "w" in mode or "+" in mode:
+            writes.append(path)
+        return open(path, mode, buffering=0)
+    with pytest.raises(KernelFeatureMissing, match="another owner"):
+        Scanner(os.getpid(), source="damon", opener=opener)
+    assert writes == [] and (kd / "nr_kdamonds").read_text() == "1"
+
+
+def test_damon_busy_kernel_ends_the_scan_with_another_owner(tmp_path, monkeypatch):
+    kd, _, _ = damon_tree(tmp_path)
+    monkeypatch.setattr(scan, "DAMON_ADMIN", str(tmp_path))
+    monkeypatch.setattr(scan.kernel, "damon_operations", lambda: {"vaddr"})
+
+    def opener(path, mode="rb"):
+        if path.endswith("nr_kdamonds") and "w" in mode:
+            raise OSError(errno.EBUSY, "Device or resource busy", path)
+        return open(path, mode, buffering=0)
+    refs = Scanner(os.getpid(), source="damon", opener=opener).scan()
+    assert refs.passes == 0 and "another owner" in refs.error
+    assert not scan._OUR_KDAMONDS
