@@ -370,12 +370,17 @@ class PagemapFile(_FileBase):
 
 
 class IdleBitmapFile(_FileBase):
-    """Behaves like /sys/kernel/mm/page_idle/bitmap: 8-byte words, bit = PFN, 1 = idle."""
+    """Behaves like /sys/kernel/mm/page_idle/bitmap: 8-byte words, bit = PFN, 1 = idle.
 
-    def __init__(self, table: PageTable, max_pfn: int = 1 << 24):
+    Like every sysfs binary file, one read or write call moves at most `max_io` bytes
+    (the kernel's PAGE_SIZE); reads past max_pfn return b"".
+    """
+
+    def __init__(self, table: PageTable, max_pfn: int = 1 << 24, max_io: int = PAGE):
         self.table = table
         self.offset = 0
         self.max_words = max_pfn // 64
+        self.max_io = max_io
         self.writes = 0
 
     def writable(self):
@@ -392,7 +397,7 @@ class IdleBitmapFile(_FileBase):
         if self.offset % 8 or n % 8:
             raise OSError(errno.EINVAL, "page_idle: unaligned access")
         first = self.offset // 8
-        count = max(0, min(n // 8, self.max_words - first))
+        count = max(0, min(n // 8, self.max_io // 8, self.max_words - first))
         self.offset += count * 8
         return self.table.idle_words(first, count).tobytes()
 
@@ -404,11 +409,11 @@ class IdleBitmapFile(_FileBase):
     def write(self, b):
         if self.offset % 8 or len(b) % 8:
             raise OSError(errno.EINVAL, "page_idle: unaligned access")
-        words = np.frombuffer(bytes(b), dtype=np.uint64)
+        words = np.frombuffer(bytes(b[:self.max_io]), dtype=np.uint64)
         self.table.set_idle_words(self.offset // 8, words)
-        self.offset += len(b)
+        self.offset += len(words) * 8
         self.writes += 1
-        return len(b)
+        return len(words) * 8
 
 
 class Emulator:

@@ -403,22 +403,42 @@ class _PageIdleSource(_Source):
                 sel = order[i:j]
                 sub_pfns = np.ascontiguousarray(pfns[sel])
                 f.seek(first * 8)
+                words = np.zeros(count, dtype=np.uint64)
                 if read:
-                    words = np.zeros(count, dtype=np.uint64)
-                    f.readinto(memoryview(words).cast("B"))
+                    _read_fully(f, memoryview(words).cast("B"))
                     res = np.empty(len(sub_pfns), dtype=np.uint8)
                     _scan.test_bits(words, first, sub_pfns, res)
                     out[sel] = res
                 else:
-                    words = np.zeros(count, dtype=np.uint64)
                     _scan.set_bits(words, first, sub_pfns)
-                    f.write(words.tobytes())
+                    _write_fully(f, memoryview(words).cast("B"))
                 i = j
         except OSError as exc:
             raise _PassEnded(_errno_message(exc, self.pid, PAGE_IDLE_BITMAP)) from None
         finally:
             f.close()
         return out
+
+
+def _read_fully(f, buf: memoryview) -> int:
+    """Fill buf from f; sysfs hands out at most a page per read call. Stops at end of file."""
+    done = 0
+    while done < len(buf):
+        got = f.readinto(buf[done:])
+        if not got:
+            break
+        done += got
+    return done
+
+
+def _write_fully(f, buf: memoryview) -> None:
+    """Write all of buf to f; sysfs takes at most a page per write call."""
+    done = 0
+    while done < len(buf):
+        put = f.write(buf[done:])
+        if not put:
+            raise OSError(errno.EIO, "short write")
+        done += put
 
 
 class _SmapsSource(_Source):
