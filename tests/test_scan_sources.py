@@ -408,3 +408,19 @@ def test_damon_busy_kernel_ends_the_scan_with_another_owner(tmp_path, monkeypatc
     refs = Scanner(os.getpid(), source="damon", opener=opener).scan()
     assert refs.passes == 0 and "another owner" in refs.error
     assert not scan._OUR_KDAMONDS
+
+
+def test_page_idle_reads_and_writes_the_bitmap_a_page_per_call_across_far_apart_frames(region):
+    start, end = region
+    mid = start + (end - start) // 2
+    table = PageTable()
+    table.add_vma(start, mid, state=IDLE)
+    table._next_pfn += 1 << 20  # the second VMA's frames lie 4 GiB of RAM further on
+    table.add_vma(mid, end, state=IDLE)
+    emu = Emulator(os.getpid(), table, idle_pages=False)
+    opener = hooked(emu, "pagemap", lambda n: table.touch(mid, mid + 64 * PAGE))
+    refs = Scanner(os.getpid(), source="page_idle", ranges=[(start, mid), (mid, end)], opener=opener).scan(loop=2)
+    assert refs.passes == 2 and len(refs) == 2048
+    hot = (refs.addr >= mid) & (refs.addr < mid + 64 * PAGE)
+    assert (refs.count[hot] == 2).all() and (refs.count[~hot] == 0).all()
+    assert max(f.writes for f in emu.files if hasattr(f, "writes")) > 1
