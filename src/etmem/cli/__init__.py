@@ -28,7 +28,7 @@ Commands:
     project start|stop -n NAME -s SOCK start or stop a project
     project show [-n NAME] -s SOCK     show projects, their tasks and statistics (-o json for JSON)
     engine CMD -n PROJ -e ENG -s SOCK  run an engine's own command, e.g. showtaskpages (-t TASK)
-    config ...                         work with config files (etmem config --help)
+    config check|keys ...              validate config files offline, list each group's keys
     plugins                            list the strategy plugins etmem has loaded
     demo ...                           run a demonstration of memory tiering (etmem demo --help)
     help                               show this message
