@@ -1,0 +1,177 @@
+"""`etmem demo`: watch slide move a workload's cold memory to zram while its hot set stays.
+
+It starts a workload child with a known hot and cold set, makes a zram swap
+device of its own when no swap is active (removed at the end), runs a slide
+project on the workload through the same Manager the daemon uses, shows one
+progress line per round, and ends with a before/after table and a check of
+every byte of the workload's data.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import threading
+import time
+
+from .. import kernel, procfs, zram
+from ..errors import EtmemError
+from ..model import Manager, Project
+from ..scan import SOURCES, available_sources, read_pagemap
+from ..workload import Workload
+
+MiB = 1 << 20
+
+
+def set_argparser(parser: argparse.ArgumentParser) -> None:
+    parser.description = ("Start a workload with a hot and a cold set, run the slide engine on it and show "
+                          "the cold set going to compressed swap (zram) while the hot set stays in memory. "
+                          "Needs root.")
+    parser.add_argument("--total-mb", type=int, default=512, help="workload size in MiB (default 512)")
+    parser.add_argument("--hot-mb", type=int, default=64, help="of which the hot set, touched all the time (default 64)")
+    parser.add_argument("--rounds", type=int, default=3, help="slide rounds to run (default 3)")
+    parser.add_argument("--scanner", choices=("auto",) + SOURCES, default="auto",
+                        help="access source (default auto: the best this kernel has)")
+    parser.add_argument("--loop", type=int, default=2, help="scan passes per round (default 2)")
+    parser.add_argument("--sleep", type=int, default=1, help="seconds between passes (default 1)")
+    parser.add_argument("--interval", type=int, default=1, help="seconds between rounds (default 1)")
+    parser.add_argument("-T", type=int, default=1, dest="T", help="pages used fewer than T times a round are cold (default 1)")
+    parser.add_argument("--zram-mb", type=int, default=None,
+                        help="size of the zram device made when no swap is active (default: workload size)")
+
+
+def missing_requirements() -> str | None:
+    """Why the demo cannot run here, in one sentence; None when it can."""
+    if os.geteuid() != 0:
+        return "etmem demo needs root: it swaps another process's memory out (process_madvise) and may create a zram device. Run: sudo etmem demo"
+    if not kernel.has_process_madvise() and not kernel.has_swap_pages():
+        return kernel.missing("process_madvise")
+    if not kernel.swap_active():
+        reason = zram.missing_reason()
+        if reason:
+            return f"no swap is active and no zram device can be made: {reason}"
+    return None
+
+
+class _Snapshot:
+    """The workload's memory and speed at one moment."""
+
+    def __init__(self, w: Workload, seconds: float):
+        w.reset_rate()
+        time.sleep(seconds)
+        self.ops = w.stats()["ops_per_s"]
+        status = procfs.status(w.pid)
+        self.rss = _kb(status.get("VmRSS")) << 10
+        self.swap = _kb(status.get("VmSwap")) << 10
+        hot = read_pagemap(w.pid, *w.hot)
+        self.hot_resident = float(hot["present"].mean())
+        cold = read_pagemap(w.pid, *w.cold)
+        self.cold_swapped = float(cold["swapped"].mean())
+
+
+def _kb(value: str | None) -> int:
+    return int(value.split()[0]) if value else 0
+
+
+def _mib(n: float) -> str:
+    return f"{n / MiB:,.0f} MiB"
+
+
+def main(args: argparse.Namespace) -> int:
+    problem = missing_requirements()
+    if problem:
+        print(f"etmem demo: {problem}", file=sys.stderr)
+        return 2
+    if not 0 < args.hot_mb < args.total_mb:
+        print("etmem demo: --hot-mb must be above 0 and below --total-mb", file=sys.stderr)
+        return 2
+    sources = available_sources()
+    if args.scanner != "auto" and sources.get(args.scanner):
+        print(f"etmem demo: scanner {args.scanner} is not available: {sources[args.scanner]}", file=sys.stderr)
+        return 2
+
+    device = None
+    workload = None
+    manager = Manager()
+    try:
+        if not kernel.swap_active():
+            device = zram.ZramSwap((args.zram_mb or args.total_mb) * MiB).create()
+            print(f"swap: made {device.device} ({_mib(device.size_bytes)}, compressed in RAM); it is removed at the end")
+        else:
+            names = ", ".join(d["name"] for d in procfs.swap_devices())
+            print(f"swap: using the active swap ({names})")
+        workload = Workload(total_mb=args.total_mb, hot_mb=args.hot_mb).start()
+        print(f"workload: pid {workload.pid}, {args.total_mb} MiB, of which {args.hot_mb} MiB hot (touched all the time), "
+              f"{args.total_mb - args.hot_mb} MiB cold")
+        before = _Snapshot(workload, 2.0)
+
+        project = Project(name="demo", loop=args.loop, interval=args.interval, sleep=args.sleep, scanner=args.scanner)
+        task = project.add_engine("slide").add_task("workload", "pid", workload.pid, T=args.T)
+        manager.add(project)
+        print(f"slide: loop={args.loop} sleep={args.sleep}s interval={args.interval}s T={args.T}, "
+              f"scanner {args.scanner}{' -> ' + _auto(sources) if args.scanner == 'auto' else ''}")
+        manager.start("demo")
+        _follow(task, workload, args.rounds)
+        manager.stop("demo")
+        after = _Snapshot(workload, 2.0)
+        _table(before, after, args)
+        ok = workload.verify()
+        print(f"workload data: {'every byte checked, all intact' if ok else 'CORRUPTED'}")
+        if task.stats.last_error:
+            print(f"last error: {task.stats.last_error}")
+        return 0 if ok else 1
+    except EtmemError as exc:
+        print(f"etmem demo: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("\netmem demo: interrupted; cleaning up", file=sys.stderr)
+        return 130
+    finally:
+        manager.close()
+        if workload is not None:
+            workload.stop()
+        if device is not None:
+            device.remove()
+
+
+def _auto(sources: dict) -> str:
+    return next((name for name in SOURCES if sources.get(name) is None), "none")
+
+
+def _follow(task, workload: Workload, rounds: int) -> None:
+    """One progress line per round (rewritten in place on a terminal)."""
+    tty = sys.stdout.isatty()
+    seen = 0
+    began = time.monotonic()
+    while seen < rounds:
+        if task.stats.rounds == seen:
+            line = f"  round {seen + 1}/{rounds}: scanning ... {time.monotonic() - began:4.0f} s"
+            if tty:
+                print("\r" + line.ljust(100), end="", flush=True)
+            time.sleep(0.2)
+            continue
+        seen = task.stats.rounds
+        status = procfs.status(workload.pid)
+        hot = read_pagemap(workload.pid, *workload.hot)["present"].mean()
+        last = task.stats.extra.get("last_round", [{}])[0]
+        line = (f"  round {seen}/{rounds}: scanned {_mib(last.get('scanned', 0) * 4096)}, cold {_mib(last.get('cold', 0) * 4096)}, "
+                f"swapped out {_mib(last.get('swapped', 0) * 4096)}; RSS {_mib(_kb(status.get('VmRSS')) << 10)}, "
+                f"swap {_mib(_kb(status.get('VmSwap')) << 10)}, hot set resident {100 * hot:.0f}% [{task.stats.source}]")
+        print(("\r" + line.ljust(100)) if tty else line, flush=True)
+        if tty:
+            print()
+
+
+def _table(before: _Snapshot, after: _Snapshot, args) -> None:
+    rows = [
+        ("resident (RSS)", _mib(before.rss), _mib(after.rss)),
+        ("swapped out", _mib(before.swap), _mib(after.swap)),
+        ("cold set swapped", f"{100 * before.cold_swapped:.0f}%", f"{100 * after.cold_swapped:.0f}%"),
+        ("hot set resident", f"{100 * before.hot_resident:.0f}%", f"{100 * after.hot_resident:.0f}%"),
+        ("workload ops/s", f"{before.ops:,.0f}", f"{after.ops:,.0f}"),
+    ]
+    print()
+    print(f"{'':<20}{'before':>14}{'after':>14}")
+    for name, a, b in rows:
+        print(f"{name:<20}{a:>14}{b:>14}")
+    print()
