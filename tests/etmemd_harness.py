@@ -59,8 +59,10 @@ def raw_exchange(socket_name: str, data: bytes, *, shutdown: bool = False,
 
 
 PROBE_PLUGIN = '''
-"""A test engine: rounds count ticks; commands hello (instant) and nap (3 s)."""
+"""A test engine: rounds count ticks; commands hello (instant) and nap (until the test
+creates nap.gate next to this file; nap.started says the nap has begun)."""
 import time
+from pathlib import Path
 
 from etmem.hookspecs import hookimpl
 from etmem.strategy import Strategy
@@ -78,7 +80,11 @@ class Probe(Strategy):
             who = f" task {task.name}" if task is not None else ""
             return f"hello from {self.engine.name}{who}\\n"
         if cmd == "nap":
-            time.sleep(3)
+            here = Path(__file__).parent
+            (here / "nap.started").touch()
+            deadline = time.monotonic() + 60
+            while not (here / "nap.gate").exists() and time.monotonic() < deadline:
+                time.sleep(0.02)
             return "awake\\n"
         return super().command(cmd, task)
 

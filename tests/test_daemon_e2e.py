@@ -113,18 +113,26 @@ def test_engine_commands(daemon, conf):
         assert result.stderr.endswith("etmem_client_recv failed.\netmem: error -70\n" + client.ENGINE_HELP)
 
 
-def test_a_slow_engine_command_does_not_block_project_show(daemon, conf):
+def test_a_slow_engine_command_does_not_block_project_show(daemon, conf, plugin_dir):
+    for marker in ("nap.started", "nap.gate"):
+        (plugin_dir / marker).unlink(missing_ok=True)
     assert daemon.etmem("obj", "add", "-f", str(conf)).returncode == 0
     assert daemon.etmem("project", "start", "-n", "p1").returncode == 0
     nap = subprocess.Popen([script("etmem"), "engine", "nap", "-n", "p1", "-e", "probe", "-s", daemon.name],
                            stdout=subprocess.PIPE, text=True, env=daemon.env)
-    time.sleep(0.8)  # the nap (3 s) is under way
-    began = time.monotonic()
-    shown = daemon.etmem("project", "show")
-    took = time.monotonic() - began
-    assert shown.returncode == 0 and "project: p1" in shown.stdout
-    assert nap.poll() is None, "the nap should still be running"
-    assert took < 2.0
+    try:
+        deadline = time.monotonic() + 30
+        while not (plugin_dir / "nap.started").exists():
+            assert time.monotonic() < deadline, "the nap never began"
+            time.sleep(0.02)
+        # the nap holds its connection until the gate opens; show must not wait for it
+        shown = daemon.etmem("project", "show", timeout=20)
+        assert shown.returncode == 0 and "project: p1" in shown.stdout
+        assert daemon.raw(b"proj_name p1 file_name - cmd 4 eng_name - eng_cmd - task_name -",
+                          timeout=10).startswith(b"project: p1\n")
+        assert nap.poll() is None, "the nap should still be running"
+    finally:
+        (plugin_dir / "nap.gate").touch()
     assert nap.wait(30) == 0 and nap.stdout.read() == "awake\n"
 
 

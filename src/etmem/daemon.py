@@ -362,8 +362,6 @@ class Daemon:
             if request.wants_json:
                 return protocol.render_show_json(projects)
             return protocol.render_show_text(projects)
-        if cmd == Command.ENGINE:
-            text = m.engine_command(request.project, request.engine, request.engine_cmd,
-                                    request.task)
-            return text or ""
-        raise RequestRefused(f"unknown command {int(cmd)}")
+        assert cmd == Command.ENGINE
+        text = m.engine_command(request.project, request.engine, request.engine_cmd, request.task)
+        return text or ""

@@ -225,7 +225,8 @@ def run(o: Options) -> int:
         daemon.listen()
     except EtmemError as e:
         log.error("%s", e)
-        print(f"etmemd: {e}", file=sys.stderr)
+        if o.systemctl:  # no stderr log handler in this mode; the parent's terminal gets it
+            print(f"etmemd: {e}", file=sys.stderr)
         return 1
 
     def stop(signum, _frame):
