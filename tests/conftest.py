@@ -15,6 +15,8 @@ from etmem.workload import Workload
 
 PAGE = os.sysconf("SC_PAGE_SIZE")
 
+pytest_plugins = ["vm_harness"]  # runs `vm`-marked tests inside a QEMU guest
+
 
 def pytest_configure(config):
     config.addinivalue_line("markers", "root: needs root")

@@ -1,0 +1,324 @@
+"""Run `vm`-marked tests inside one QEMU guest with a real second kernel.
+
+The build machines have one NUMA node and no per-page access source, so tests of
+DAMON, idle page tracking and cross-node moves run in a virtme-ng guest booted
+with two NUMA nodes (node 1 CPU-less, CXL style). On the host this plugin takes
+over every `vm` item: at the first one it boots ONE guest that runs all of them
+with `python -m pytest`, and then replays the guest's own test reports (outcome,
+traceback, captured output, skip reason) into the host's session item by item.
+Inside the guest (ETMEM_IN_VM=1) it only writes each report to a results file.
+
+Environment knobs (see docs/testing.md):
+  ETMEM_VM_KERNEL   kernel image to boot (default: ../shared/testvm/bzImage-6.12.117-etmem
+                    beside the repository, then /boot/vmlinuz-6.12*-amd64)
+  ETMEM_VM_TIMEOUT  seconds for boot plus all guest tests (default 540)
+  ETMEM_VM_ARGS     extra vng arguments, split like a shell would
+"""
+from __future__ import annotations
+
+import glob
+import json
+import os
+import shlex
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from _pytest.reports import TestReport
+
+IN_VM = "ETMEM_IN_VM"
+RESULTS = "ETMEM_VM_RESULTS"
+TEST_KERNEL = "bzImage-6.12.117-etmem"
+DEFAULT_TIMEOUT = 540
+# Two 1 GiB nodes: room for a 256 MiB workload on each; node 1 has memory but no CPU.
+VM_SHAPE = ["--memory", "2G", "--cpus", "2",
+            "--numa", "1G,cpus=0-1", "--numa", "1G",
+            "--numa-distance", "0,1=30", "--numa-distance", "1,0=30"]
+# The host's root is shared read-only over 9p; letting the guest cache it (`cache=loose`,
+# the last rootflags= wins) halves the time Python spends importing through it.
+ROOT_FS = ["--force-9p", "--append", "rootflags=version=9p2000.L,trans=virtio,access=any,msize=524288,cache=loose"]
+
+
+class VmUnavailable(Exception):
+    """QEMU, virtme-ng or a kernel image is not installed: the vm tests skip."""
+
+
+class VmBroken(Exception):
+    """The harness was set up but the guest run went wrong: the vm tests fail."""
+
+
+def is_vm_item(item: pytest.Item) -> bool:
+    return item.get_closest_marker("vm") is not None
+
+
+# --- inside the guest: write every report where the host can read it ----------
+
+def pytest_runtest_logreport(report: TestReport) -> None:
+    path = os.environ.get(RESULTS)
+    if os.environ.get(IN_VM) and path:
+        _append_result(report, path)
+
+
+def pytest_collectreport(report) -> None:
+    path = os.environ.get(RESULTS)
+    if os.environ.get(IN_VM) and path and report.failed:
+        with open(path, "a") as f:
+            f.write(json.dumps({"collect_error": report.nodeid, "text": report.longreprtext}) + "\n")
+
+
+_config: pytest.Config | None = None
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    global _config
+    _config = config
+    if not os.environ.get(IN_VM):
+        config.stash[_run_key] = GuestRun(config)
+
+
+def _append_result(report: TestReport, path: str) -> None:
+    data = _config.hook.pytest_report_to_serializable(config=_config, report=report)
+    with open(path, "a") as f:
+        f.write(json.dumps(data) + "\n")
+
+
+# --- on the host: boot the guest once, replay its reports ----------------------
+
+_run_key = pytest.StashKey["GuestRun"]()
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_protocol(item: pytest.Item, nextitem):
+    if os.environ.get(IN_VM) or not is_vm_item(item):
+        return None
+    run = item.config.stash[_run_key]
+    run.ensure_started(item.session)
+    item.ihook.pytest_runtest_logstart(nodeid=item.nodeid, location=item.location)
+    for report in run.reports_for(item):
+        item.ihook.pytest_runtest_logreport(report=report)
+    item.ihook.pytest_runtest_logfinish(nodeid=item.nodeid, location=item.location)
+    return True
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:
+    run = config.stash.get(_run_key, None)
+    if run is not None and run.started:
+        terminalreporter.write_sep("-", "vm tests")
+        for line in run.summary_lines():
+            terminalreporter.write_line(line)
+
+
+def find_kernel(rootdir: Path) -> Path:
+    """The kernel image to boot: ETMEM_VM_KERNEL, the project's test kernel, Debian's 6.12."""
+    override = os.environ.get("ETMEM_VM_KERNEL")
+    if override:
+        path = Path(override)
+        if not path.is_file():
+            raise VmBroken(f"ETMEM_VM_KERNEL={override} is not a file")
+        return path
+    shared = rootdir.parent / "shared" / "testvm" / TEST_KERNEL
+    if shared.is_file():
+        return shared
+    debian = sorted(glob.glob("/boot/vmlinuz-6.12*-amd64"))
+    if debian:
+        return Path(debian[-1])
+    raise VmUnavailable(f"no kernel image to boot: neither {shared} nor /boot/vmlinuz-6.12*-amd64 exists "
+                        "(apt-get install linux-image-6.12-amd64, or set ETMEM_VM_KERNEL)")
+
+
+def check_tools() -> tuple[str, str]:
+    """Paths of vng and qemu-system-x86_64, or VmUnavailable naming what is missing."""
+    vng = shutil.which("vng")
+    if not vng:
+        raise VmUnavailable("virtme-ng is not installed: `vng` is not on PATH (pip install virtme-ng)")
+    qemu = shutil.which("qemu-system-x86_64")
+    if not qemu:
+        raise VmUnavailable("QEMU is not installed: `qemu-system-x86_64` is not on PATH "
+                            "(apt-get install qemu-system-x86)")
+    probe = subprocess.run([qemu, "-version"], capture_output=True, text=True)
+    if probe.returncode != 0:
+        raise VmUnavailable(f"QEMU cannot start here: `{qemu} -version` exited {probe.returncode}: "
+                            f"{(probe.stderr or probe.stdout).strip()}")
+    return vng, qemu
+
+
+class GuestRun:
+    """One guest boot that runs every selected `vm` item; its reports, by node id."""
+
+    def __init__(self, config: pytest.Config):
+        self.config = config
+        self.started = False
+        self.skip_reason: str | None = None
+        self.broken: str | None = None
+        self.reports: dict[str, list[TestReport]] = {}
+        self.collect_errors: list[str] = []
+        self.console = ""
+        self.dmesg = ""
+        self.kernel: Path | None = None
+        self.nodeids: list[str] = []
+        self.seconds = 0.0
+        self.exit_status: int | None = None
+        self.workdir: str | None = None
+        self.command: list[str] = []
+        self.broken_shown = ""
+
+    def ensure_started(self, session: pytest.Session) -> None:
+        if self.started:
+            return
+        self.started = True
+        self.nodeids = [i.nodeid for i in session.items if is_vm_item(i)]
+        try:
+            self.kernel = find_kernel(self.config.rootpath)
+            vng, _ = check_tools()
+            self._boot(vng)
+        except VmUnavailable as exc:
+            self.skip_reason = str(exc)
+        except VmBroken as exc:
+            self.broken = str(exc)
+
+    def _boot(self, vng: str) -> None:
+        rootdir = self.config.rootpath
+        self.workdir = tempfile.mkdtemp(prefix="etmem-vm-")
+        results = os.path.join(self.workdir, "results.jsonl")
+        guest_env = {
+            IN_VM: "1",
+            RESULTS: results,
+            "PYTHONDONTWRITEBYTECODE": "1",
+            "HYPOTHESIS_STORAGE_DIRECTORY": os.path.join(self.workdir, "hypothesis"),
+            "PATH": os.environ.get("PATH", "") + ":/usr/sbin:/sbin",
+        }
+        # The guest's pytest gets the exact items the host selected; `-m ''` undoes the
+        # default `-m 'not slow'` so a slow vm test chosen on the host runs too.
+        # Python runs some 30 times slower under TCG: leave out plugins the vm tests do not
+        # need (hypothesis alone costs a minute of guest start-up).
+        pytest_cmd = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-p", "no:hypothesispytest",
+                      "-p", "no:benchmark", "-q", "-rA",
+                      "-m", "", "--rootdir", str(rootdir),
+                      f"--junitxml={self.workdir}/junit.xml", "-o", "junit_logging=all",
+                      *self.nodeids]
+        # The command goes in a script file: vng passes --exec on the kernel command line,
+        # which is limited to 2 KiB and would overflow with many node ids.
+        script = os.path.join(self.workdir, "run.sh")
+        with open(script, "w") as f:
+            f.write(f"cd {shlex.quote(str(rootdir))} || exit 125\n"
+                    + "echo \"vm: guest up $(cut -d' ' -f1 /proc/uptime) s, starting pytest\"\n"
+                    + "".join(f"export {k}={shlex.quote(v)}\n" for k, v in guest_env.items())
+                    + shlex.join(pytest_cmd) + "\n"
+                    + f"rc=$?\ndmesg > {shlex.quote(self.workdir)}/dmesg.txt 2>&1\nexit $rc\n")
+        cmd = [vng, "--run", str(self.kernel), "--disable-kvm", "--user", "root",
+               *VM_SHAPE, *ROOT_FS, f"--rwdir={self.workdir}", "--cwd", str(rootdir),
+               *shlex.split(os.environ.get("ETMEM_VM_ARGS", "")), "--exec", f"sh {shlex.quote(script)}"]
+        timeout = float(os.environ.get("ETMEM_VM_TIMEOUT", DEFAULT_TIMEOUT))
+        self.command = cmd
+        t0 = time.monotonic()
+        # Output goes through a pipe: vng loses the guest's output when stdout is a file.
+        proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT, start_new_session=True)
+        chunks: list[bytes] = []
+        reader = threading.Thread(target=lambda: chunks.extend(iter(lambda: proc.stdout.read1(65536), b"")),
+                                  daemon=True)
+        reader.start()
+        try:
+            self.exit_status = proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)  # our own vng session: vng and its QEMU
+            proc.wait()
+            self.exit_status = None
+        reader.join(timeout=10)
+        self.seconds = time.monotonic() - t0
+        self.console = b"".join(chunks).decode(errors="replace")
+        with open(os.path.join(self.workdir, "console.txt"), "w") as f:
+            f.write(self.console)
+        try:
+            with open(os.path.join(self.workdir, "dmesg.txt")) as f:
+                self.dmesg = f.read()
+        except OSError:
+            pass
+        self._read_results(results)
+        if self.exit_status is None:
+            self.broken = f"the guest did not finish within ETMEM_VM_TIMEOUT={timeout:.0f} s and was killed"
+        elif not os.path.exists(results) and not self.reports:
+            self.broken = (f"the guest wrote no test results (vng exit status {self.exit_status}): "
+                           "it did not boot or its pytest did not start")
+
+    def _read_results(self, path: str) -> None:
+        try:
+            lines = Path(path).read_text().splitlines()
+        except OSError:
+            return
+        for line in lines:
+            data = json.loads(line)
+            if "collect_error" in data:
+                self.collect_errors.append(f"{data['collect_error']}: {data['text']}")
+                continue
+            report = self.config.hook.pytest_report_from_serializable(config=self.config, data=data)
+            if isinstance(report.longrepr, list):  # a skip's (path, line, reason); JSON made it a list
+                report.longrepr = tuple(report.longrepr)
+            self.reports.setdefault(report.nodeid, []).append(report)
+
+    def reports_for(self, item: pytest.Item) -> list[TestReport]:
+        if self.skip_reason:
+            return [self._report(item, "setup", "skipped", self._skip_longrepr(item)),
+                    self._report(item, "teardown", "passed", None)]
+        reports = self.reports.get(item.nodeid)
+        if self.broken or not reports or not any(r.when == "teardown" for r in reports):
+            why = self.broken or ("the guest ran this test only partly (no teardown report)" if reports
+                                  else "the guest has no result for this test")
+            reports = [r for r in (reports or []) if not r.failed]
+            return [*reports, self._report(item, "call", "failed", self._broken_text(item, why))]
+        if any(r.failed for r in reports):
+            for r in reports:
+                if r.failed:
+                    r.sections.append(("guest dmesg (last 40 lines)", _tail(self.dmesg, 40)))
+        return reports
+
+    def _report(self, item, when, outcome, longrepr) -> TestReport:
+        return TestReport(item.nodeid, item.location, {k: 1 for k in item.keywords}, outcome,
+                          longrepr, when, sections=[], duration=0.0)
+
+    def _skip_longrepr(self, item):
+        path, lineno, _ = item.location
+        return (str(path), (lineno or 0) + 1, f"Skipped: {self.skip_reason}")
+
+    def _broken_text(self, item: pytest.Item, why: str) -> str:
+        if self.broken_shown:
+            return f"vm harness: {why} (guest console under {self.broken_shown})"
+        self.broken_shown = item.nodeid
+        parts = [f"vm harness: {why}", f"kernel: {self.kernel}", f"command: {shlex.join(self.command)}"]
+        if self.collect_errors:
+            parts += ["guest collection errors:", *self.collect_errors]
+        parts += [f"guest console (last 60 lines, full log in {self.workdir}/console.txt):",
+                  _tail(self.console, 60)]
+        return "\n".join(parts)
+
+    def summary_lines(self) -> list[str]:
+        if self.skip_reason:
+            return [f"vm: {len(self.nodeids)} tests skipped: {self.skip_reason}"]
+        counts: dict[str, int] = {}
+        for nodeid in self.nodeids:
+            reports = self.reports.get(nodeid, [])
+            outcome = ("failed" if any(r.failed for r in reports) else
+                       "skipped" if any(r.skipped for r in reports) else
+                       "passed" if reports else "not run")
+            counts[outcome] = counts.get(outcome, 0) + 1
+        ran = sum(n for k, n in counts.items() if k != "not run")
+        detail = ", ".join(f"{n} {k}" for k, n in sorted(counts.items()))
+        lines = [f"vm: {ran} tests executed in the guest ({detail}); kernel {self.kernel}; "
+                 f"boot and run {self.seconds:.0f} s; vng exit status {self.exit_status}"]
+        if self.broken:
+            lines.append(f"vm: harness failure: {self.broken}")
+        if self.broken or counts.get("failed"):
+            lines.append(f"vm: guest console, dmesg and junit.xml kept in {self.workdir}")
+        elif self.workdir:
+            shutil.rmtree(self.workdir, ignore_errors=True)
+        return lines
+
+
+def _tail(text: str, n: int) -> str:
+    return "\n".join(text.splitlines()[-n:])
