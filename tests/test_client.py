@@ -5,6 +5,7 @@ from __future__ import annotations
 import socket
 import subprocess
 import threading
+import time
 
 import pytest
 
@@ -15,9 +16,10 @@ from etmemd_harness import script, unique_socket_name
 class RecordingServer:
     """Listens like etmemd, records each request's bytes and answers with `reply`."""
 
-    def __init__(self, reply: bytes = b"\xff"):
+    def __init__(self, reply: bytes = b"\xff", split: bool = False):
         self.name = unique_socket_name("rec")
         self.reply = reply
+        self.split = split  # send the text and the tag in two writes, as upstream's daemon does
         self.requests: list[bytes] = []
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self.sock.bind(b"\0" + self.name.encode())
@@ -36,7 +38,12 @@ class RecordingServer:
             with conn:
                 conn.settimeout(5)
                 self.requests.append(conn.recv(4096))  # upstream's client sends one write
-                conn.sendall(self.reply)
+                if self.split:
+                    conn.sendall(self.reply[:-1])
+                    time.sleep(0.1)
+                    conn.sendall(self.reply[-1:])
+                else:
+                    conn.sendall(self.reply)
 
     def close(self):
         self.stopping = True
@@ -105,6 +112,16 @@ def test_a_failure_reply_exits_186_with_upstreams_lines_and_usage():
     assert result.stderr == ("error: project is not exist\n"
                              "etmem_client_recv failed.\n"
                              "etmem: error -70\n" + client.PROJECT_HELP)
+
+
+def test_a_failure_text_and_tag_in_separate_writes_like_upstreams_daemon():
+    s = RecordingServer(b"error: project has been started\xfe", split=True)
+    try:
+        result = etmem("project", "start", "-n", "p", "-s", s.name)
+    finally:
+        s.close()
+    assert result.returncode == 186
+    assert result.stderr.startswith("error: project has been started\netmem_client_recv failed.\n")
 
 
 def test_a_reply_cut_off_before_the_tag_is_a_failure():
