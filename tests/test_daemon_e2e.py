@@ -350,6 +350,9 @@ def test_a_non_root_peer_is_refused_and_logged(daemon):
     assert reply == (b"error: permission denied: etmemd accepts requests only from uid 0 with gid 0 "
                      b"(you are uid 65534 gid 65534)\n\xfe")
     assert _exchange_as(daemon.name, 0, 1000, SHOW).startswith(b"error: permission denied")
+    began = time.monotonic()  # a refused peer is answered before it sends anything
+    assert _exchange_as(daemon.name, 65534, 65534, b"").startswith(b"error: permission denied")
+    assert time.monotonic() - began < 5
     time.sleep(0.2)
     assert "refused a request from pid" in daemon.log() and "uid 65534 gid 65534" in daemon.log()
     assert daemon.raw(SHOW) == b"\xff"

@@ -224,6 +224,19 @@ class Daemon:
         """Serve one connection: read the request, check the peer, run it, reply."""
         conn.settimeout(self.request_timeout)
         peer = Peer.of(conn)
+        if not self.peer_allowed(peer):
+            # answer at once, so a refused peer cannot hold a connection slot
+            log.warning("refused a request from %s: etmemd accepts only uid 0 with gid %s",
+                        peer, self._gid_text())
+            self._reply(conn, protocol.error_text(
+                f"permission denied: etmemd accepts requests only from uid 0 with gid "
+                f"{self._gid_text()} (you are uid {peer.uid} gid {peer.gid})"), ok=False)
+            try:
+                conn.shutdown(socket.SHUT_WR)
+            except OSError:
+                pass
+            self._drain(conn, limit=protocol.MAX_REQUEST * 4)
+            return
         try:
             data = self._read_request(conn)
         except ProtocolError as e:
@@ -232,13 +245,6 @@ class Daemon:
             return
         except OSError as e:
             log.warning("reading the request from %s failed: %s", peer, e)
-            return
-        if not self.peer_allowed(peer):
-            log.warning("refused a request from %s: etmemd accepts only uid 0 with gid %s",
-                        peer, self._gid_text())
-            self._reply(conn, protocol.error_text(
-                f"permission denied: etmemd accepts requests only from uid 0 with gid "
-                f"{self._gid_text()} (you are uid {peer.uid} gid {peer.gid})"), ok=False)
             return
         log.debug("request from %s: %r", peer, data)
         try:
@@ -297,8 +303,9 @@ class Daemon:
 
     @staticmethod
     def _drain(conn: socket.socket, limit: int = 1 << 20) -> None:
-        """Read and drop what an over-long request still sends, so that closing the
-        socket does not reset the connection before the client reads our reply."""
+        """Read and drop what the client still sends (an over-long or refused request),
+        so that closing the socket does not reset the connection before the client
+        reads our reply."""
         conn.settimeout(REQUEST_IDLE_GAP)
         seen = 0
         try:
