@@ -53,8 +53,19 @@ class VmBroken(Exception):
     """The harness was set up but the guest run went wrong: the vm tests fail."""
 
 
+VM_TESTS = Path(__file__).parent / "vm"
+
+
 def is_vm_item(item: pytest.Item) -> bool:
     return item.get_closest_marker("vm") is not None
+
+
+@pytest.hookimpl(tryfirst=True)  # before `-m` deselects, so `-m vm` selects these
+def pytest_collection_modifyitems(items) -> None:
+    """Every test under tests/vm runs in the guest, marked or not."""
+    for item in items:
+        if VM_TESTS in item.path.parents:
+            item.add_marker(pytest.mark.vm)
 
 
 # --- inside the guest: write every report where the host can read it ----------
