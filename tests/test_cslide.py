@@ -8,8 +8,6 @@ query and every move still goes to the kernel. Cross-node moves are tested in th
 """
 from __future__ import annotations
 
-import ctypes
-import os
 import subprocess
 import sys
 import textwrap

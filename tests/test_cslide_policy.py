@@ -11,13 +11,14 @@ view's page placement and in the task's stats. Pure `plan_moves` cases follow.
 from __future__ import annotations
 
 import errno
+import json
 
 import numpy as np
 import pytest
 
 import etmem
 from etmem.engines import cslide as cslide_module
-from etmem.engines.placement import (DEMOTE_FOR_HOT, DEMOTE_FOR_RESERVE, HUGETLB, NORMAL, PREFETCH_WARM,
+from etmem.engines.placement import (DEMOTE_FOR_HOT, HUGETLB, NORMAL, PREFETCH_WARM,
                                      PROMOTE_HOT, NodeMemory, plan_moves)
 from kernel_emulation import ACCESSED, DIRTY, IDLE, Emulator, PageTable
 
@@ -137,6 +138,7 @@ def test_quota_below_free_promotes_the_hottest_pages_up_to_the_quota(topology):
     assert (r["promoted_pages"], r["demoted_pages"], r["prefetched_pages"]) == (8 * MiB // PAGE, 0, 0)
     assert r["quota_used"]["0,1"] == {"promote_mb": 8.0, "demote_mb": 0.0}
     assert fake.free == {0: 92 * MiB, 1: 108 * MiB}
+    assert json.loads(json.dumps(task.stats.as_dict()))["extra"]["cslide"]["promoted_pages"] == 8 * MiB // PAGE
 
 
 def test_quota_above_free_demotes_the_coldest_pages_to_make_room_for_hot_ones(topology):

@@ -7,7 +7,6 @@ tracking. The engine commands are checked through a real etmemd and the real `et
 """
 from __future__ import annotations
 
-import os
 import sys
 import textwrap
 import time
