@@ -82,3 +82,27 @@ def test_smaps_source_separates_a_hot_vma_from_a_cold_one_in_a_live_workload(nee
     np.testing.assert_array_equal(refs.cold(2), cold)
     assert refs.total_bytes(refs.cold(2)) == w.cold[1] - w.cold[0]
     assert len({int(v) for v in refs.vma[hot]} & {int(v) for v in refs.vma[cold]}) == 0
+
+
+NOBODY_SCAN = """
+import json, os, sys
+from etmem import kernel
+from etmem.scan import Scanner, available_sources
+available_sources(), kernel.kernel_config()  # load every module while root can read them
+os.setgid(65534)
+os.setuid(65534)
+refs = Scanner(int(sys.argv[1]), source="smaps").scan(loop=2)
+print(json.dumps({"passes": refs.passes, "error": refs.error, "n": len(refs)}))
+"""
+
+
+def test_a_scanner_without_permission_ends_with_a_message_not_an_exception(need_root, workload_factory):
+    import json
+    import subprocess
+    import sys
+    w = workload_factory(total_mb=16, hot_mb=4)
+    out = subprocess.run([sys.executable, "-c", NOBODY_SCAN, str(w.pid)], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    result = json.loads(out.stdout)
+    assert result["passes"] == 0 and result["n"] == 0
+    assert "permission denied" in result["error"] and str(w.pid) in result["error"]
