@@ -1,0 +1,130 @@
+"""lru_age: an example etmem strategy that swaps out pages left unused for N rounds in a row.
+
+Each round scans every target process `loop` times; a page nobody touched in the
+whole round gets one round older, a touched page is young again. Pages whose age
+reaches the task's `idle_rounds` are swapped out. Installed with pip, it registers
+through the `etmem` entry-point group (see pyproject.toml).
+"""
+from __future__ import annotations
+
+import attrs
+import numpy as np
+
+from etmem.actions import swap_out
+from etmem.config import Int, Size, key
+from etmem.errors import EtmemError, ProcessGone
+from etmem.hookspecs import hookimpl
+from etmem.process import resolve_targets
+from etmem.scan import PAGE, Scanner
+from etmem.stats import CallCounters
+from etmem.strategy import Strategy
+
+__version__ = "0.1.0"
+
+
+@attrs.frozen
+class LruAgeEngineKeys:
+    swap_limit: int = key(Size(), None, help="swap at most this much per task and round, e.g. 256m")
+
+
+@attrs.frozen
+class LruAgeTaskKeys:
+    idle_rounds: int = key(Int(1, 100), help="swap a page once it went this many rounds in a row unused")
+
+
+class LruAge(Strategy):
+    name = "lru_age"
+    engine_keys = LruAgeEngineKeys
+    task_keys = LruAgeTaskKeys
+    version = __version__
+    description = "swap out pages unused for idle_rounds rounds in a row"
+
+    @classmethod
+    def check_task(cls, keys, extra, project):
+        if project is not None and project.scan_type != "page":
+            return [("engine", f"lru_age needs a project with scan_type=page (project {project.name} has {project.scan_type})")]
+        return []
+
+    def add_task(self, task):
+        task.stats.calls = CallCounters()
+        task.state["ages"] = {}  # (pid, start time) -> (addresses, ages), both sorted by address
+
+    def run_round(self, task, stop):
+        project = task.project.spec
+        targets = resolve_targets(task.type, task.value)
+        if not targets:
+            raise EtmemError(f"no process named {task.value} is running")
+        ages = task.state["ages"]
+        errors = []
+        try:
+            for handle in targets:
+                try:
+                    self._age_and_swap(task, handle, stop)
+                except (ProcessGone, EtmemError) as exc:
+                    errors.append(f"process {handle.pid}: {exc}")
+        finally:
+            alive = {(h.pid, h.start_time) for h in targets}
+            for ident in [i for i in ages if i not in alive]:
+                del ages[ident]
+            for handle in targets:
+                handle.close()
+        task.stats.targets = len(targets)
+        if errors:
+            raise EtmemError("; ".join(errors))
+
+    def _age_and_swap(self, task, handle, stop):
+        project = task.project.spec
+        refs = Scanner(handle, source=project.scanner, anon_only=True, swap_flag=task.swap_flag).scan(
+            loop=project.loop, sleep=project.sleep, stop=stop)
+        task.stats.source = refs.source
+        if refs.passes < project.loop or stop.is_set():
+            return  # a cut-short round says nothing about idleness
+        ident = (handle.pid, handle.start_time)
+        old_addr, old_age = task.state["ages"].get(ident, (np.zeros(0, np.uint64), np.zeros(0, np.int32)))
+        # Age of each scanned page last round (0 when it was not seen then), plus one if idle now.
+        at = np.searchsorted(old_addr, refs.addr)
+        known = at < len(old_addr)
+        known[known] = old_addr[at[known]] == refs.addr[known]
+        age = np.zeros(len(refs.addr), np.int32)
+        age[known] = old_age[at[known]]
+        age = np.where(refs.count == 0, age + 1, 0).astype(np.int32)
+
+        cold = age >= task.keys.idle_rounds
+        addr, size = refs.addr[cold], refs.size[cold]
+        limit = self.engine.keys.swap_limit
+        if limit is not None and len(size):
+            # oldest first, so a limit keeps swapping the pages idle the longest
+            order = np.argsort(-age[cold], kind="stable")
+            addr, size = addr[order], size[order]
+            take = int(np.searchsorted(np.cumsum(size), limit, side="right"))
+            addr, size = addr[:take], size[:take]
+        swapped = 0
+        if len(addr):
+            result = swap_out(handle, addr, size, counters=task.stats.calls)
+            swapped = result.done
+            if result.error:
+                raise EtmemError(result.error)
+        # swapped pages start again from zero when they come back
+        keep = ~np.isin(refs.addr, addr)
+        task.state["ages"][ident] = (refs.addr[keep], age[keep])
+        task.stats.pages_scanned += int(refs.size.sum()) // PAGE
+        task.stats.cold_pages += int(size.sum()) // PAGE
+        task.stats.pages_swapped += swapped
+        task.stats.extra["oldest_age"] = int(age.max()) if len(age) else 0
+
+    def command(self, cmd, task):
+        if cmd != "ages":
+            return super().command(cmd, task)
+        tasks = [task] if task is not None else list(self.engine.tasks.values())
+        lines = []
+        for t in tasks:
+            for (pid, _), (_, ages) in sorted(t.state.get("ages", {}).items()):
+                values, counts = np.unique(ages, return_counts=True)
+                histogram = " ".join(f"{v}:{c}" for v, c in zip(values.tolist(), counts.tolist()))
+                lines.append(f"task {t.name} pid {pid} ages {histogram or '-'}")
+        return "\n".join(lines) + "\n" if lines else "no pages aged yet\n"
+
+
+@hookimpl
+def etmem_engine_types():
+    return [LruAge]
