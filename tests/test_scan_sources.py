@@ -424,3 +424,16 @@ def test_page_idle_reads_and_writes_the_bitmap_a_page_per_call_across_far_apart_
     hot = (refs.addr >= mid) & (refs.addr < mid + 64 * PAGE)
     assert (refs.count[hot] == 2).all() and (refs.count[~hot] == 0).all()
     assert max(f.writes for f in emu.files if hasattr(f, "writes")) > 1
+
+
+def test_small_adjacent_vmas_are_each_counted_although_one_read_covers_both(region):
+    start = region[0]
+    table = PageTable()
+    vmas = [(start + k * 16 * PAGE, start + (k + 1) * 16 * PAGE) for k in range(4)]
+    for lo, hi in vmas:
+        table.add_vma(lo, hi, state=ACCESSED)
+    emu = Emulator(os.getpid(), table)
+    refs = Scanner(os.getpid(), source="idle_pages", ranges=vmas, opener=emu.opener).scan()
+    assert len(refs.vmas) == 4 and len(refs) == 64
+    assert (refs.count == 1).all(), np.bincount(refs.count)
+    assert sorted(set(refs.vma.tolist())) == [0, 1, 2, 3]

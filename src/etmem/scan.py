@@ -316,9 +316,7 @@ class _IdlePagesSource(_Source):
                 self._ioctl(f, IDLE_SCAN_ADD_FLAGS, scan_flags)
             if s.swap_flag:
                 self._ioctl(f, VMA_SCAN_ADD_FLAGS, VMA_SCAN_FLAG)
-            keep = s.huge == "keep"
-            for w in windows:
-                self._scan_window(f, w, keep)
+            self._scan_windows(f, windows, s.huge == "keep")
         except OSError as exc:
             raise _PassEnded(_errno_message(exc, self.pid, path)) from None
         except ValueError as exc:
@@ -326,27 +324,41 @@ class _IdlePagesSource(_Source):
         finally:
             f.close()
 
-    def _scan_window(self, f, w: _Window, keep: bool) -> None:
-        end = w.vma.end
-        f.seek(w.base)
-        carry = b""
-        while True:
+    def _scan_windows(self, f, windows, keep: bool) -> None:
+        """Read the windows in address order, decoding each read into every window it covers.
+
+        Reading test-and-clears what it covers, and a read covers at least 19 bytes x 8
+        pages: a read for a small VMA may reach into the next one. Its records are decoded
+        into that window too and reading goes on from the kernel's offset, so no VMA's
+        accessed bits are cleared before they are counted.
+        """
+        i, carry = 0, b""
+        f.seek(windows[0].base) if windows else None
+        while i < len(windows):
             pos = f.tell()
-            if pos >= end:
+            while i < len(windows) and windows[i].vma.end <= pos:
+                i += 1
+            if i == len(windows):
                 break
-            # Each byte asked for covers 8 pages, and reading test-and-clears what it covers:
-            # ask for no more than the window (the kernel's minimum is 19 bytes), so the
-            # next VMA's accessed bits are not cleared before its own read.
-            want = max(19, min(_IDLE_READ_MAX, -(-(end - pos) // PAGE // 8)))
+            if pos < windows[i].base:
+                f.seek(windows[i].base)  # skip VMAs that are not scanned
+                pos, carry = windows[i].base, b""
+            # ask for no more than this window needs (the kernel's minimum is 19 bytes)
+            want = max(19, min(_IDLE_READ_MAX, -(-(windows[i].vma.end - pos) // PAGE // 8)))
             data = f.read(want)
             if not data:
                 break  # the kernel found nothing more to report up to TASK_SIZE
             if carry:
                 data = carry + data
-            # The stream sets its own address with SET_HVA; pos covers one that does not.
-            _, used = _scan.decode_idle_pages(data, pos, w.base, w.counts, w.kinds, keep)
+            after = f.tell()
+            used = len(data)
+            for w in windows[i:]:
+                if w.base >= max(after, pos + 1):
+                    break
+                # The stream sets its own address with SET_HVA; pos covers one that does not.
+                _, used = _scan.decode_idle_pages(data, pos, w.base, w.counts, w.kinds, keep)
             carry = bytes(data[used:])
-            if f.tell() <= pos:
+            if after <= pos:
                 break
 
 
