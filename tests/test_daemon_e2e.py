@@ -450,6 +450,18 @@ def test_systemctl_mode_fails_when_the_child_cannot_listen(daemon, tmp_path):
     assert not pid_file.exists()
 
 
+def test_systemctl_mode_fails_when_the_pid_file_cannot_be_written(tmp_path):
+    name = unique_socket_name("nopid")
+    result = etmemd("-s", name, "-m", "--pid-file", str(tmp_path / "missing-dir" / "etmemd.pid"))
+    assert result.returncode == 1
+    assert "etmemd: cannot write pid file" in result.stderr
+    probe = Etmemd(tmp_path, name=name)
+    deadline = time.monotonic() + 20
+    while probe.listening() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not probe.listening(), "the child must not stay behind"
+
+
 def test_the_unit_file_starts_etmemd_in_systemctl_mode():
     from importlib.resources import files
 
