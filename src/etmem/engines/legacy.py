@@ -9,6 +9,7 @@ pass through untouched. docs/plugins.md says when each function is called.
 from __future__ import annotations
 
 import ctypes
+import functools
 import logging
 import os
 import stat
@@ -126,6 +127,16 @@ class CTask:
         self.stop = threading.Event()
 
 
+def _serialized(method):
+    """Run a method holding the engine's call lock: upstream's etmemd served one request at
+    a time, so C engines may assume their functions never run concurrently."""
+    @functools.wraps(method)
+    def wrapper(self, *args):
+        with self.calls:
+            return method(self, *args)
+    return wrapper
+
+
 class Legacy(Strategy):
     name = "thirdparty"
     engine_keys = LegacyEngineKeys
@@ -138,6 +149,7 @@ class Legacy(Strategy):
         keys = engine.keys
         self.libname, self.ops_name = keys.libname, keys.ops_name
         self.tasks: dict[str, CTask] = {}
+        self.calls = threading.RLock()
         self.scan = abi.scan_library()
         fd = check_library_file(self.libname)
         try:
@@ -211,6 +223,7 @@ class Legacy(Strategy):
             abi.libc.dlclose(handle)
 
     # -- tasks ----------------------------------------------------------------------------
+    @_serialized
     def add_task(self, task) -> None:
         ctask = CTask(task)
         ctask.struct.eng = ctypes.pointer(self.struct)
@@ -250,6 +263,7 @@ class Legacy(Strategy):
         ctask.struct.eng = None
         ctask.struct.next = None
 
+    @_serialized
     def remove_task(self, task) -> None:
         ctask = self.tasks.get(task.name)
         if ctask is None:
@@ -259,6 +273,7 @@ class Legacy(Strategy):
             clear(ctypes.pointer(ctask.struct))
         self._unlink_task(task.name)
 
+    @_serialized
     def start_task(self, task) -> None:
         start = self._op("start_task")
         if start is None:
@@ -274,6 +289,7 @@ class Legacy(Strategy):
             self._free_pids(ctask)
             raise LegacyLoadError(f"{self._where('start_task')} failed for task {task.name} (returned {ret})")
 
+    @_serialized
     def stop_task(self, task) -> None:
         ctask = self.tasks.get(task.name)
         if ctask is None:
@@ -340,6 +356,7 @@ class Legacy(Strategy):
         ctask.pids = []
 
     # -- commands and removal ---------------------------------------------------------
+    @_serialized
     def command(self, cmd: str, task) -> str:
         fn = self._op("eng_mgt_func")
         if fn is None:
@@ -376,6 +393,7 @@ class Legacy(Strategy):
                               f"{self._where('eng_mgt_func')} failed for command '{cmd}' (returned {ret})")
         return text
 
+    @_serialized
     def close(self) -> None:
         if getattr(self, "handle", None) is None:
             return
