@@ -178,6 +178,7 @@ def test_json_show_against_a_daemon_that_answers_text_says_so():
     (["project", "start", "-n", "p" * 500, "-s", "x"], "at most 512"),
     (["engine", "showtaskpages", "-e", "cslide", "-s", "x"], "project name must be given"),
     (["engine", "showtaskpages", "-n", "p", "-s", "x"], "engine name must be given"),
+    (["engine", "-n", "p", "-e", "cslide", "-s", "x"], "engine command must be given"),
     (["obj", "add", "-f", "my file.conf", "-s", "x"], "must not contain white space"),
 ])
 def test_usage_errors_exit_234_with_the_reason_and_the_usage(argv, message):

@@ -174,6 +174,8 @@ def parse(group: str, argv: list[str]) -> Invocation:
                     "show": Command.PROJECT_SHOW}
     else:
         commands = {}
+    if group == "engine" and command.startswith("-"):
+        raise UsageError("engine command must be given, please check.")
     if commands and command not in commands:
         raise UsageError(f"{group} command {command} is not supported "
                          f"(use one of: {', '.join(commands)}, help)")
