@@ -43,6 +43,11 @@ VM_SHAPE = ["--memory", "2G", "--cpus", "2",
 # The host's root is shared read-only over 9p; letting the guest cache it (`cache=loose`,
 # the last rootflags= wins) halves the time Python spends importing through it.
 ROOT_FS = ["--force-9p", "--append", "rootflags=version=9p2000.L,trans=virtio,access=any,msize=524288,cache=loose"]
+# Access-bit sources (DAMON, page_idle) see a page again only when its TLB entry is refilled.
+# TCG's software TLB is huge and survives until a CR3 load, so a hot set would stay cached
+# for seconds; page-table isolation reloads CR3 on every kernel entry, giving the guest the
+# TLB turnover of real hardware.
+TLB_TURNOVER = ["--append", "pti=on"]
 
 
 class VmUnavailable(Exception):
@@ -223,7 +228,7 @@ class GuestRun:
                     + shlex.join(pytest_cmd) + "\n"
                     + f"rc=$?\ndmesg > {shlex.quote(self.workdir)}/dmesg.txt 2>&1\nexit $rc\n")
         cmd = [vng, "--run", str(self.kernel), "--disable-kvm", "--user", "root",
-               *VM_SHAPE, *ROOT_FS, f"--rwdir={self.workdir}", "--cwd", str(rootdir),
+               *VM_SHAPE, *ROOT_FS, *TLB_TURNOVER, f"--rwdir={self.workdir}", "--cwd", str(rootdir),
                *shlex.split(os.environ.get("ETMEM_VM_ARGS", "")), "--exec", f"sh {shlex.quote(script)}"]
         timeout = float(os.environ.get("ETMEM_VM_TIMEOUT", DEFAULT_TIMEOUT))
         self.command = cmd
