@@ -157,6 +157,26 @@ def test_engine_commands_reach_the_client_through_the_fd(daemon, libs, target, t
     assert daemon.etmem("project", "stop", "-n", "p1").returncode == 0
 
 
+def test_several_c_engines_share_a_project(daemon, libs, target, tmp_path):
+    log = tmp_path / "engine.log"
+    both = thirdparty_config(libs["full"], "full_ops", target, eng="a", engine_keys=f"log_file={log}")
+    both += "\n".join(["[engine]", "name=thirdparty", "project=p1", "eng_name=b", f"libname={libs['full']}",
+                       "ops_name=full_ops", f"log_file={log}", ""])
+    assert daemon.etmem("obj", "add", "-f", str(write_config(tmp_path / "both.conf", both))).returncode == 0
+    assert daemon.etmem("project", "start", "-n", "p1").returncode == 0
+    listed = daemon.etmem("engine", "engines", "-n", "p1", "-e", "a")
+    assert (listed.returncode, listed.stdout) == (0, "b a\n")  # proj->engs, newest first as upstream
+
+    only_b = "\n".join(["[engine]", "name=thirdparty", "project=p1", "eng_name=b", f"libname={libs['full']}",
+                        "ops_name=full_ops", ""])
+    assert daemon.etmem("obj", "del", "-f", str(write_config(tmp_path / "b.conf", only_b))).returncode == 0
+    assert "clear_eng_params b" in events(log)
+    # the library stays loaded for engine a, which still answers
+    listed = daemon.etmem("engine", "engines", "-n", "p1", "-e", "a")
+    assert (listed.returncode, listed.stdout) == (0, "a\n")
+    assert daemon.etmem("project", "stop", "-n", "p1").returncode == 0
+
+
 def test_a_failing_start_task_is_named_and_leaves_the_task_stopped(daemon, libs, target, tmp_path):
     conf = write_config(tmp_path / "c.conf", thirdparty_config(libs["failing"], "failing_ops", target))
     assert daemon.etmem("obj", "add", "-f", str(conf)).returncode == 0

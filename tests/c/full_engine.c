@@ -137,6 +137,11 @@ static int command(struct engine *eng, struct task *tk, char *cmd, int fd)
         dprintf(fd, "cannot do that\n");
         return -1;
     }
+    if (strcmp(cmd, "engines") == 0) {
+        for (struct engine *e = eng->proj->engs; e != NULL; e = e->next)
+            dprintf(fd, "%s%s", e->name, e->next ? " " : "\n");
+        return 0;
+    }
     if (strcmp(cmd, "big") == 0) {
         for (int i = 0; i < 20000; i++)
             dprintf(fd, "line %05d of a long reply\n", i);

@@ -44,7 +44,7 @@ class LegacyLoadError(EtmemError):
 
 
 def check_library_file(path: str) -> int:
-    """Open the library for loading after checking it; returns an O_PATH-free read fd.
+    """Open the library and check the file opened; returns the read-only descriptor.
 
     Loading goes through /proc/self/fd/N of this descriptor, so the file checked is
     the file loaded, even if the path is swapped meanwhile.
@@ -96,9 +96,9 @@ class CProject:
         """Rebuild the engs list (newest first, as upstream inserts)."""
         nxt = None
         for eng in self.engines:
-            eng.struct.next = nxt if nxt is not None else None
+            eng.struct.next = nxt
             nxt = ctypes.pointer(eng.struct)
-        self.struct.engs = nxt if nxt is not None else None
+        self.struct.engs = nxt
 
 
 _projects: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
