@@ -246,3 +246,33 @@ def test_config_files_must_be_regular_small_and_present(root_file, tmp_path):
     os.truncate(root_file, (10 << 20) + 1)
     with pytest.raises(RequestRefused, match="at most 10485760"):
         check_config_file(str(root_file))
+
+
+def test_a_trickling_client_is_cut_off_at_the_request_timeout():
+    manager = FakeManager()
+    daemon = Daemon(unique_socket_name("slow"), manager, request_timeout=1.0)
+    daemon.listen()
+    thread = threading.Thread(target=daemon.serve_forever, daemon=True)
+    thread.start()
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+            s.connect(b"\0" + daemon.socket_name.encode())
+            s.setblocking(False)
+            began = time.monotonic()
+            reply = b""
+            while not reply.endswith((b"\xff", b"\xfe")) and time.monotonic() - began < 10:
+                try:
+                    s.send(b"x")
+                except BlockingIOError:
+                    pass
+                time.sleep(0.1)
+                try:
+                    reply += s.recv(1000)
+                except BlockingIOError:
+                    pass
+            took = time.monotonic() - began
+        assert reply.startswith(b"error: malformed request") and reply.endswith(b"\xfe")
+        assert took < 3
+    finally:
+        daemon.request_stop()
+        thread.join(15)

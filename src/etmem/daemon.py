@@ -20,6 +20,7 @@ import socket
 import stat
 import struct
 import threading
+import time
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -173,7 +174,12 @@ class Daemon:
                 except OSError as e:
                     log.warning("accept failed: %s", e.strerror)
                     continue
-                self._slots.acquire()
+                while not self._slots.acquire(timeout=0.5):
+                    if self._stopping.is_set():
+                        break
+                if self._stopping.is_set():
+                    conn.close()
+                    break
                 thread = threading.Thread(target=self._serve_connection, args=(conn,),
                                           name="etmemd-conn", daemon=True)
                 with self._threads_lock:
@@ -221,7 +227,7 @@ class Daemon:
                 self._threads.discard(threading.current_thread())
 
     def handle(self, conn: socket.socket) -> None:
-        """Serve one connection: read the request, check the peer, run it, reply."""
+        """Serve one connection: check the peer, read the request, run it, reply."""
         conn.settimeout(self.request_timeout)
         peer = Peer.of(conn)
         if not self.peer_allowed(peer):
@@ -264,11 +270,17 @@ class Daemon:
 
     def _read_request(self, conn: socket.socket) -> bytes:
         """Read one request: until EOF, or until the bytes form a whole request and no
-        more follow at once, or until the sender pauses (REQUEST_IDLE_GAP)."""
+        more follow at once, or until the sender pauses (REQUEST_IDLE_GAP), and never
+        longer than the request timeout in all."""
         buf = b""
+        deadline = time.monotonic() + self.request_timeout
         while True:
-            if buf:
-                conn.settimeout(REQUEST_IDLE_GAP)
+            left = deadline - time.monotonic()
+            if left <= 0:
+                if buf:
+                    return buf
+                raise ProtocolError(f"no request within {self.request_timeout:g} s")
+            conn.settimeout(min(left, REQUEST_IDLE_GAP) if buf else left)
             try:
                 chunk = conn.recv(protocol.MAX_REQUEST + 1 - len(buf))
             except TimeoutError:
