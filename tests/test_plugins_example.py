@@ -72,6 +72,19 @@ def test_etmem_plugins_lists_the_installed_package(lru_age_installed):
     assert line.split() == ["lru_age", "0.1.0", "entry", "point", "etmem-lru-age", "engines:", "lru_age"]
 
 
+def test_the_allow_list_keeps_an_installed_plugin_out(lru_age_installed, tmp_path):
+    d = Etmemd(tmp_path)
+    d.env["ETMEM_LOAD_PLUGINS"] = "some_other_plugin"
+    d.start()
+    try:
+        conf = write_config(tmp_path / "lru.conf", lru_config(1))
+        result = d.etmem("obj", "add", "-f", str(conf))
+        assert result.returncode == 186
+        assert f"{conf}:8: [engine] name=lru_age: engine 'lru_age' is not installed" in result.stderr
+    finally:
+        assert d.stop() == 0
+
+
 def test_the_plugins_keys_are_checked_like_a_builtins(daemon, tmp_path):
     for engine_keys, task_keys, message in [
         ("", "idle_rounds=0", ":18: [task] idle_rounds=0: must be an integer from 1 to 100"),
