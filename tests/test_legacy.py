@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from etmem.engines import legacy, legacy_abi as abi
+from etmem.engines import legacy_abi as abi
 from etmem.errors import EtmemError
 from etmem.model import Manager
 from etmemd_harness import Etmemd, write_config

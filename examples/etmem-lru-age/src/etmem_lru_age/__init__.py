@@ -50,7 +50,6 @@ class LruAge(Strategy):
         task.state["ages"] = {}  # (pid, start time) -> (addresses, ages), both sorted by address
 
     def run_round(self, task, stop):
-        project = task.project.spec
         targets = resolve_targets(task.type, task.value)
         if not targets:
             raise EtmemError(f"no process named {task.value} is running")
