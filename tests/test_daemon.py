@@ -23,11 +23,12 @@ class FakeManager:
         self.release = threading.Event()
         self.closed = False
 
-    def add_file(self, path):
+    def add_text(self, text, path=None):
         self.calls.append(("add_file", path))
+        self.texts = getattr(self, "texts", []) + [text]
         return ["project p"]
 
-    def delete_file(self, path):
+    def delete_text(self, text, path=None):
         self.calls.append(("delete_file", path))
         return ["project p"]
 
@@ -276,3 +277,14 @@ def test_a_trickling_client_is_cut_off_at_the_request_timeout():
     finally:
         daemon.request_stop()
         thread.join(15)
+
+
+def test_the_checked_file_is_the_file_read(root_file, tmp_path):
+    """The text is read from the descriptor the checks were made on; a symlink in the path is refused."""
+    os.chmod(root_file, 0o600)
+    text = check_config_file(str(root_file))
+    assert text == open(root_file).read() and text
+    link = tmp_path / "link.conf"
+    link.symlink_to(root_file)
+    with pytest.raises(RequestRefused, match="link.conf"):
+        check_config_file(str(link))     # realpath() resolves links first; a link left in is refused

@@ -478,6 +478,11 @@ def read_config_file(path: str) -> str:
         raise ConfigError("permission denied", path) from None
     except OSError as exc:
         raise ConfigError(f"cannot read: {exc.strerror}", path) from None
+    return decode_config(data, path)
+
+
+def decode_config(data: bytes, path: str | None = None) -> str:
+    """Config bytes as text; invalid UTF-8 is a ConfigError naming the line."""
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError as exc:

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from . import protocol
+from .config import decode_config
 from .errors import EtmemError
 from .protocol import Command, ProtocolError, Request
 
@@ -44,8 +45,8 @@ CONFIG_PERMS = ("strict", "relaxed")
 
 
 class ManagerLike(Protocol):
-    def add_file(self, path: str) -> list[str]: ...
-    def delete_file(self, path: str) -> list[str]: ...
+    def add_text(self, text: str, path: str | None = None) -> list[str]: ...
+    def delete_text(self, text: str, path: str | None = None) -> list[str]: ...
     def start(self, name: str) -> None: ...
     def stop(self, name: str) -> None: ...
     def show(self, name: str | None = None) -> list[dict]: ...
@@ -92,32 +93,52 @@ def resolve_config_path(path: str, peer: Peer) -> str:
     return os.path.realpath(path)
 
 
-def check_config_file(path: str, perms: str = "strict") -> None:
-    """Raise RequestRefused unless `path` is a config file etmemd may trust."""
+def check_config_file(path: str, perms: str = "strict") -> str:
+    """The text of `path` if it is a config file etmemd may trust; else RequestRefused.
+
+    The checks are made on the open file and the text is read from it, so the file
+    that was checked is the file that is used (no window to swap it by path).
+    """
     try:
-        st = os.stat(path)
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
     except OSError as e:
         raise RequestRefused(f"config file {path}: {e.strerror}") from None
-    if not stat.S_ISREG(st.st_mode):
-        raise RequestRefused(f"config file {path} is not a regular file")
-    mode = stat.S_IMODE(st.st_mode)
-    if perms == "strict":
-        if st.st_uid != 0 or st.st_gid != 0:
-            raise RequestRefused(f"config file {path} must be owned by root:root "
-                                 f"(it is owned by {st.st_uid}:{st.st_gid})")
-        if mode not in (0o400, 0o600):
-            raise RequestRefused(f"config file {path} must have mode 0400 or 0600 "
-                                 f"(it has {mode:04o})")
-    else:
-        if st.st_uid != 0:
-            raise RequestRefused(f"config file {path} must be owned by root "
-                                 f"(it is owned by uid {st.st_uid})")
-        if mode & 0o022:
-            raise RequestRefused(f"config file {path} must not be writable by group or others "
-                                 f"(it has mode {mode:04o})")
-    if st.st_size > MAX_CONFIG_SIZE:
-        raise RequestRefused(f"config file {path} is {st.st_size} bytes; at most "
-                             f"{MAX_CONFIG_SIZE} are accepted")
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise RequestRefused(f"config file {path} is not a regular file")
+        mode = stat.S_IMODE(st.st_mode)
+        if perms == "strict":
+            if st.st_uid != 0 or st.st_gid != 0:
+                raise RequestRefused(f"config file {path} must be owned by root:root "
+                                     f"(it is owned by {st.st_uid}:{st.st_gid})")
+            if mode not in (0o400, 0o600):
+                raise RequestRefused(f"config file {path} must have mode 0400 or 0600 "
+                                     f"(it has {mode:04o})")
+        else:
+            if st.st_uid != 0:
+                raise RequestRefused(f"config file {path} must be owned by root "
+                                     f"(it is owned by uid {st.st_uid})")
+            if mode & 0o022:
+                raise RequestRefused(f"config file {path} must not be writable by group or others "
+                                     f"(it has mode {mode:04o})")
+        if st.st_size > MAX_CONFIG_SIZE:
+            raise RequestRefused(f"config file {path} is {st.st_size} bytes; at most "
+                                 f"{MAX_CONFIG_SIZE} are accepted")
+        chunks, size = [], 0
+        while size <= MAX_CONFIG_SIZE:
+            chunk = os.read(fd, 1 << 16)
+            if not chunk:
+                break
+            chunks.append(chunk)
+            size += len(chunk)
+        if size > MAX_CONFIG_SIZE:
+            raise RequestRefused(f"config file {path} grew past {MAX_CONFIG_SIZE} bytes while being read")
+    except OSError as e:
+        raise RequestRefused(f"config file {path}: {e.strerror}") from None
+    finally:
+        os.close(fd)
+    return decode_config(b"".join(chunks), path)
 
 
 class Daemon:
@@ -360,12 +381,12 @@ class Daemon:
         if cmd in (Command.OBJ_ADD, Command.OBJ_DEL):
             assert request.file is not None
             path = resolve_config_path(request.file, peer)
-            check_config_file(path, self.config_perms)
+            text = check_config_file(path, self.config_perms)
             if cmd == Command.OBJ_ADD:
-                added = m.add_file(path)
+                added = m.add_text(text, path)
                 log.debug("added %s from %s", ", ".join(added) or "nothing", path)
             else:
-                removed = m.delete_file(path)
+                removed = m.delete_text(text, path)
                 log.debug("deleted %s from %s", ", ".join(removed) or "nothing", path)
             return ""
         if cmd == Command.PROJECT_START:

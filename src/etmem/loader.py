@@ -238,8 +238,6 @@ def load_groups(groups: list[Group], path: str | None = None, plugins: Plugins |
             errors += exc.errors
     errors.sort(key=lambda e: (e.line or 0))
     _raise(errors)
-    for text in warnings:
-        log.warning("%s", text)
     return ConfigFile(path, tuple(projects), tuple(engines), tuple(tasks), tuple(warnings))
 
 

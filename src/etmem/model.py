@@ -310,6 +310,8 @@ class Manager:
             return type(e.strategy) if e else None
 
     def add_config(self, cfg: ConfigFile) -> list[str]:
+        for text in cfg.warnings:
+            log.warning("%s", text)
         with self._lock:
             new_projects: dict[str, Project] = {}
             new_engines: list[Engine] = []
@@ -381,8 +383,10 @@ class Manager:
         Only the identifying keys are read. Goes on past a missing object and
         reports every failure at the end, as upstream does.
         """
-        groups = config.parse_keyfile(config.read_config_file(path), path)
-        return self.delete_groups(groups)
+        return self.delete_text(config.read_config_file(path), path)
+
+    def delete_text(self, text: str, path: str | None = None) -> list[str]:
+        return self.delete_groups(config.parse_keyfile(text, path))
 
     def delete_groups(self, groups: Iterable[config.Group]) -> list[str]:
         groups = list(groups)
