@@ -5,6 +5,7 @@ from __future__ import annotations
 import ctypes
 import os
 import subprocess
+import time
 from ctypes import POINTER, byref, c_char_p
 
 import numpy as np
@@ -46,6 +47,17 @@ def vma_list(vmas) -> list:
 def quiet_pid():
     """A process whose memory map stays still while it is compared."""
     child = subprocess.Popen(["sleep", "60"])
+    # wait until it sleeps with a settled map: right after exec the loader is still mapping
+    deadline = time.monotonic() + 10
+    last = None
+    while True:
+        state = procfs.read_text(child.pid, "stat").rsplit(")", 1)[1].split()[0]
+        now = procfs.read_text(child.pid, "maps")
+        if state == "S" and now == last:
+            break
+        assert time.monotonic() < deadline, "sleep never settled"
+        last = now
+        time.sleep(0.05)
     yield child.pid
     child.kill()
     child.wait()
