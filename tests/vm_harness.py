@@ -214,7 +214,7 @@ class GuestRun:
         # Python runs some 30 times slower under TCG: leave out plugins the vm tests do not
         # need (hypothesis alone costs a minute of guest start-up).
         pytest_cmd = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-p", "no:hypothesispytest",
-                      "-p", "no:benchmark", "-q", "-rA",
+                      "-p", "no:benchmark", "-v", "-rA",
                       "-m", "", "--rootdir", str(rootdir),
                       f"--junitxml={self.workdir}/junit.xml", "-o", "junit_logging=all",
                       *self.nodeids]
@@ -232,13 +232,25 @@ class GuestRun:
                *shlex.split(os.environ.get("ETMEM_VM_ARGS", "")), "--exec", f"sh {shlex.quote(script)}"]
         timeout = float(os.environ.get("ETMEM_VM_TIMEOUT", DEFAULT_TIMEOUT))
         self.command = cmd
+        reporter = self.config.pluginmanager.get_plugin("terminalreporter")
+        if reporter is not None:
+            reporter.write_line(f"vm: booting {self.kernel.name} for {len(self.nodeids)} tests; "
+                                f"guest console in {self.workdir}/console.txt")
         t0 = time.monotonic()
         # Output goes through a pipe: vng loses the guest's output when stdout is a file.
         proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                 stderr=subprocess.STDOUT, start_new_session=True)
         chunks: list[bytes] = []
-        reader = threading.Thread(target=lambda: chunks.extend(iter(lambda: proc.stdout.read1(65536), b"")),
-                                  daemon=True)
+        console_path = os.path.join(self.workdir, "console.txt")
+
+        def copy_console():  # as it comes, so `tail -f console.txt` shows a running guest
+            with open(console_path, "wb") as log:
+                for chunk in iter(lambda: proc.stdout.read1(65536), b""):
+                    chunks.append(chunk)
+                    log.write(chunk)
+                    log.flush()
+
+        reader = threading.Thread(target=copy_console, daemon=True)
         reader.start()
         try:
             self.exit_status = proc.wait(timeout=timeout)
@@ -246,11 +258,13 @@ class GuestRun:
             os.killpg(proc.pid, signal.SIGKILL)  # our own vng session: vng and its QEMU
             proc.wait()
             self.exit_status = None
+        except BaseException:  # Ctrl-C: the guest is in its own session and did not get it
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+            raise
         reader.join(timeout=10)
         self.seconds = time.monotonic() - t0
         self.console = b"".join(chunks).decode(errors="replace")
-        with open(os.path.join(self.workdir, "console.txt"), "w") as f:
-            f.write(self.console)
         try:
             with open(os.path.join(self.workdir, "dmesg.txt")) as f:
                 self.dmesg = f.read()
