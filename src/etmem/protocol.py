@@ -269,7 +269,8 @@ def _stat_value(value: object) -> str:
 def render_show_text(projects: list[dict]) -> str:
     """`project show` as text: per project a `project: NAME` line, upstream's task table
     (number type value name engine started) and then each task's statistics as
-    `key=value` words (None left out, values with spaces in double quotes)."""
+    `key=value` words (None left out, values with spaces in double quotes; per-target
+    lists such as extra.last_round only in `-o json`)."""
     blocks = []
     for project in projects:
         lines = [f"project: {project['name']}"]
@@ -280,7 +281,8 @@ def render_show_text(projects: list[dict]) -> str:
             lines.append("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
         stats_lines = []
         for task in project.get("tasks", []):
-            pairs = [(k, v) for k, v in _flatten(task.get("stats") or {}) if v is not None]
+            pairs = [(k, v) for k, v in _flatten(task.get("stats") or {})
+                     if v is not None and not isinstance(v, (list, tuple))]
             if pairs:
                 stats_lines.append(f"  {task['name']}: "
                                    + " ".join(f"{k}={_stat_value(v)}" for k, v in pairs))

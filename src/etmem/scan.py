@@ -641,7 +641,7 @@ class Scanner:
         self.as_huge = as_huge
         self.swap_flag = swap_flag
         self.source_name = choose_source(source, self.opener)
-        log.info("scanner for pid %d uses source %s", self.pid, self.source_name)
+        log.debug("scanner for pid %d uses source %s", self.pid, self.source_name)
 
     def _check_target(self) -> None:
         check = getattr(self.target, "check", None)
