@@ -115,6 +115,10 @@ def in_guest() -> int:
     if len(etmem.procfs.memory_nodes()) < 2:
         print("bench_cslide: the guest has one NUMA node", file=sys.stderr)
         return 0
+    if "--in-guest" in sys.argv and os.path.exists("/proc/sys/kernel/numa_balancing"):
+        # the throwaway guest only: the kernel's own balancing must not move pages meanwhile
+        with open("/proc/sys/kernel/numa_balancing", "w") as f:
+            f.write("0")
     engine_rates, after_scan_rates, raw_rates = [], [], []
     with Workload(total_mb=COLD_MB + 4, hot_mb=4, pause=0.01) as w:
         cold = np.arange(*w.cold, PAGE, dtype=np.uint64)

@@ -35,12 +35,32 @@ def nodes_of(pid: int, start: int, end: int) -> np.ndarray:
         return page_nodes(h, np.arange(start, end, PAGE, dtype=np.uint64))
 
 
+NUMA_BALANCING = "/proc/sys/kernel/numa_balancing"
+
+
 @pytest.fixture
 def two_nodes():
+    """The guest's two nodes, with the kernel's own NUMA balancing off while the test runs.
+
+    Automatic NUMA balancing would bring pages touched from node 0's CPUs back by itself,
+    so a page's node would no longer tell what cslide did. The guest is ours alone.
+    """
     if not kernel.has_page_idle():
         pytest.skip(kernel.missing("page_idle"))
     assert SystemNodes().memory_nodes() == [0, 1]
     assert procfs.cpu_nodes() == [0], "node 1 is a CPU-less memory node"
+    try:
+        with open(NUMA_BALANCING) as f:
+            saved = f.read().strip()
+    except FileNotFoundError:
+        saved = None
+    if saved is not None:
+        with open(NUMA_BALANCING, "w") as f:
+            f.write("0")
+    yield
+    if saved is not None:
+        with open(NUMA_BALANCING, "w") as f:
+            f.write(saved)
 
 
 def test_hot_pages_on_node_1_are_promoted_and_cold_pages_on_node_0_demoted_within_the_quota(two_nodes):
@@ -48,7 +68,9 @@ def test_hot_pages_on_node_1_are_promoted_and_cold_pages_on_node_0_demoted_withi
         with ProcessHandle.open(w.pid) as h:
             hot = np.arange(*w.hot, PAGE, dtype=np.uint64)
             assert move_pages(h, hot, 1).moved == len(hot)
-        assert (nodes_of(w.pid, *w.hot) == 1).all() and (nodes_of(w.pid, *w.cold) == 0).all()
+        time.sleep(2)
+        assert (nodes_of(w.pid, *w.hot) == 1).all() and (nodes_of(w.pid, *w.cold) == 0).all(), \
+            "pages stay where they were put while the hot ones are used"
 
         project = etmem.Project(name="p", loop=2, interval=1, sleep=1, scanner="page_idle")
         # a reserve larger than node 0: free fast memory is always below it, so cold pages go down
@@ -107,7 +129,7 @@ def test_engine_commands_through_etmemd_and_the_etmem_client(two_nodes, tmp_path
             value={w.pid}
             anon_only=yes
             """))
-        d = Etmemd(tmp_path).start()
+        d = Etmemd(tmp_path).start(timeout=180)     # TCG: the daemon's imports take a while
         try:
             assert d.etmem("obj", "add", "-f", str(conf)).returncode == 0, d.log()
             assert d.etmem("project", "start", "-n", "p").returncode == 0, d.log()
