@@ -53,3 +53,15 @@ def test_a_guest_that_cannot_boot_fails_the_vm_tests_instead_of_skipping(tmp_pat
     assert inner.returncode == 1, inner.stdout
     assert "1 failed" in inner.stdout and "skipped" not in inner.stdout
     assert "vm harness: " in inner.stdout
+
+
+def test_a_guest_past_its_time_limit_is_killed_and_fails_the_vm_tests(tmp_path):
+    try:
+        vm_harness.check_tools()
+        vm_harness.find_kernel(TESTS.parent)
+    except (vm_harness.VmUnavailable, vm_harness.VmBroken) as exc:
+        pytest.skip(f"no guest here to time out: {exc}")
+    inner = run_inner(tmp_path, ETMEM_VM_TIMEOUT="3")
+    assert inner.returncode == 1, inner.stdout
+    assert "1 failed" in inner.stdout
+    assert "the guest did not finish within ETMEM_VM_TIMEOUT=3 s and was killed" in inner.stdout

@@ -297,9 +297,12 @@ class GuestRun:
             return [self._report(item, "setup", "skipped", self._skip_longrepr(item)),
                     self._report(item, "teardown", "passed", None)]
         reports = self.reports.get(item.nodeid)
-        if self.broken or not reports or not any(r.when == "teardown" for r in reports):
-            why = self.broken or ("the guest ran this test only partly (no teardown report)" if reports
-                                  else "the guest has no result for this test")
+        # A test the guest finished keeps its own result even if the guest died later on.
+        if not reports or not any(r.when == "teardown" for r in reports):
+            why = ("the guest ran this test only partly (no teardown report)" if reports
+                   else "the guest has no result for this test")
+            if self.broken:
+                why = f"{why}: {self.broken}"
             reports = [r for r in (reports or []) if not r.failed]
             return [*reports, self._report(item, "call", "failed", self._broken_text(item, why))]
         if any(r.failed for r in reports):
