@@ -9,12 +9,34 @@ from __future__ import annotations
 import re
 
 import numpy as np
+import pytest
 
 from etmem import actions, procfs
 from etmem.process import ProcessHandle
 from etmem.workload import Workload
 
 PAGE = 4096
+NUMA_BALANCING = "/proc/sys/kernel/numa_balancing"
+
+
+@pytest.fixture
+def no_numa_balancing():
+    """The guest kernel's automatic NUMA balancing off for the test, restored after.
+
+    It would pull the hot pages on CPU-less node 1 back to node 0 on its own, between our
+    move and our check. The guest is ours alone, so the sysctl is ours to change.
+    """
+    try:
+        with open(NUMA_BALANCING) as f:
+            before = f.read().strip()
+    except FileNotFoundError:
+        yield  # a kernel without CONFIG_NUMA_BALANCING moves nothing by itself
+        return
+    with open(NUMA_BALANCING, "w") as f:
+        f.write("0")
+    yield
+    with open(NUMA_BALANCING, "w") as f:
+        f.write(before)
 
 
 def numa_maps_pages(pid: int, start: int) -> dict[int, int]:
@@ -26,7 +48,7 @@ def numa_maps_pages(pid: int, start: int) -> dict[int, int]:
     raise AssertionError(f"no VMA starts at {start:#x} in /proc/{pid}/numa_maps")
 
 
-def test_move_pages_moves_a_process_to_node_1_then_to_node_0_and_back():
+def test_move_pages_moves_a_process_to_node_1_then_to_node_0_and_back(no_numa_balancing):
     assert procfs.memory_nodes() == [0, 1]
     with Workload(total_mb=64, hot_mb=8, pause=0.01) as w, ProcessHandle.open(w.pid) as handle:
         regions = [w.cold, w.hot]
