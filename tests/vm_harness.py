@@ -19,6 +19,7 @@ from __future__ import annotations
 import glob
 import json
 import os
+import re
 import shlex
 import shutil
 import signal
@@ -342,8 +343,10 @@ class GuestRun:
             counts[outcome] = counts.get(outcome, 0) + 1
         ran = sum(n for k, n in counts.items() if k != "not run")
         detail = ", ".join(f"{n} {k}" for k, n in sorted(counts.items()))
+        booted = re.search(r"^vm: guest up ([0-9.]+) s", self.console, re.M)
+        boot = f" (pytest started at {float(booted.group(1)):.0f} s guest time)" if booted else ""
         lines = [f"vm: {ran} tests executed in the guest ({detail}); kernel {self.kernel}; "
-                 f"boot and run {self.seconds:.0f} s; vng exit status {self.exit_status}"]
+                 f"boot and run {self.seconds:.0f} s{boot}; vng exit status {self.exit_status}"]
         if self.broken:
             lines.append(f"vm: harness failure: {self.broken}")
         if self.broken or counts.get("failed"):
