@@ -10,9 +10,11 @@ relaying the guest's JSON lines. In the guest, per rep:
   with the pidfd checks before and after each, status and errno accounting), taken from
   the engine's own `last_round` timings; also the whole round after the scan (node
   queries + planning + moves), for information.
-- raw: the same region moved back to node 0 untimed, then moved to node 1 by a bare
+- raw: the same region moved back to node 0 and scanned once with page_idle like the
+  engine's round does (untimed: a scan just before slows the moves that follow by 10-25%
+  under TCG, so both sides move pages in the same state), then moved to node 1 by a bare
   ctypes move_pages loop in the engine's batch size (16384 pages), timed.
-Reps alternate the order; best of 3 each counts (interference only slows a run).
+Reps alternate the order; best of 4 each counts (interference only slows a run).
 Prints one JSON line per figure and exits 0 even when the target is missed.
 """
 from __future__ import annotations
@@ -33,7 +35,7 @@ ROOT = Path(__file__).resolve().parent.parent
 MiB = 1 << 20
 PAGE = 4096
 COLD_MB = 256
-REPS = 3
+REPS = 4
 BATCH = 16384
 MPOL_MF_MOVE = 2
 SYS_move_pages = 279
@@ -110,6 +112,7 @@ def in_guest() -> int:
     import etmem
     from etmem.actions import move_pages, page_nodes
     from etmem.process import ProcessHandle
+    from etmem.scan import Scanner
     from etmem.workload import Workload
 
     if len(etmem.procfs.memory_nodes()) < 2:
@@ -131,6 +134,7 @@ def in_guest() -> int:
                         engine_rates.append(moved / MiB / seconds)
                         after_scan_rates.append(moved / MiB / after_scan)
                     else:
+                        Scanner(h, source="page_idle", anon_only=True, huge="keep").scan(loop=1, sleep=1)
                         seconds, on_node = raw_move(w.pid, cold, 1)
                         raw_rates.append(on_node * PAGE / MiB / seconds)
                     on_1 = float((page_nodes(h, cold) == 1).mean())
