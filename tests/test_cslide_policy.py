@@ -17,10 +17,11 @@ import numpy as np
 import pytest
 
 import etmem
+from etmem import procfs
 from etmem.engines import cslide as cslide_module
 from etmem.engines.placement import (DEMOTE_FOR_HOT, HUGETLB, NORMAL, PREFETCH_WARM,
                                      PROMOTE_HOT, NodeMemory, plan_moves)
-from kernel_emulation import ACCESSED, DIRTY, IDLE, Emulator, PageTable
+from kernel_emulation import ACCESSED, DIRTY, HOLE, IDLE, Emulator, PageTable
 
 MiB = 1 << 20
 PAGE = 4096
@@ -103,6 +104,11 @@ def topology(monkeypatch, need_root, workload_factory):
         fake = FakeNodes(free_mb)
         table = PageTable()
         table.add_vma(w.cold[0], w.cold[0] + total * MiB, state=IDLE)
+        # The kernel reports every VMA it is asked about; the workload's other anonymous
+        # VMAs are reported as unpopulated (holes), so only the described pages count.
+        for v in procfs.maps(w.pid):
+            if v.is_anonymous and v.is_private and v.perms[:3] != "---" and v.start != w.cold[0]:
+                table.add_vma(v.start, v.end, state=HOLE)
         bounds, at = [], w.cold[0]
         for mb, node, heat in segments:
             end = at + int(mb * MiB)
