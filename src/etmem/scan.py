@@ -347,6 +347,8 @@ class _IdlePagesSource(_Source):
             want = max(19, min(_IDLE_READ_MAX, -(-(windows[i].vma.end - pos) // PAGE // 8)))
             data = f.read(want)
             if not data:
+                if f.tell() > pos:
+                    continue  # nothing mapped in the range read; the offset moved past it
                 break  # the kernel found nothing more to report up to TASK_SIZE
             if carry:
                 data = carry + data
