@@ -367,6 +367,8 @@ def test_damon_source_maps_region_accesses_to_pages_and_removes_its_kdamond(tmp_
                         (kd / "0" / "state").write_bytes(self.getvalue())
                     super().close()
             return State()
+        if "w" in mode:  # sysfs makes regions/N/ when nr_regions is written
+            os.makedirs(os.path.dirname(path), exist_ok=True)
         return open(path, mode, buffering=0)
     refs = Scanner(os.getpid(), source="damon", ranges=[(start, end)], opener=opener).scan(loop=3)
     assert (refs.source, refs.passes, refs.error) == ("damon", 3, None)
@@ -375,6 +377,8 @@ def test_damon_source_maps_region_accesses_to_pages_and_removes_its_kdamond(tmp_
     assert (refs.count[hot] == 3).all() and (refs.count[~hot] == 0).all()
     assert (ctx / "operations").read_text() == "vaddr"
     assert (ctx / "targets" / "0" / "pid_target").read_text() == str(os.getpid())
+    regions = ctx / "targets" / "0" / "regions"
+    assert [(regions / n).read_text() for n in ("nr_regions", "0/start", "0/end")] == ["1", str(start), str(end)]
     assert (scheme / "action").read_text() == "stat"
     assert (kd / "nr_kdamonds").read_text() == "0" and (kd / "0" / "state").read_text() == "off"
     assert not scan._OUR_KDAMONDS

@@ -538,11 +538,19 @@ class _DamonSource(_Source):
             attrs = f"{ctx}/monitoring_attrs"
             self._write(f"{attrs}/intervals/sample_us", str(self.sample_us))
             self._write(f"{attrs}/intervals/aggr_us", str(aggr_us))
-            self._write(f"{attrs}/intervals/update_us", str(aggr_us))
+            # The regions start as the scanned VMAs (below) and are not re-fitted to
+            # DAMON's three-big-areas guess during the scan: a cold VMA next to a hot one
+            # is then never one region with it, from the first pass on.
+            self._write(f"{attrs}/intervals/update_us", str(3600 * 1_000_000))
             self._write(f"{attrs}/nr_regions/min", "10")
             self._write(f"{attrs}/nr_regions/max", "1000")
             self._write(f"{ctx}/targets/nr_targets", "1")
             self._write(f"{ctx}/targets/0/pid_target", str(self.pid))
+            regions = f"{ctx}/targets/0/regions"
+            self._write(f"{regions}/nr_regions", str(len(windows)))
+            for i, w in enumerate(windows):
+                self._write(f"{regions}/{i}/start", str(w.vma.start))
+                self._write(f"{regions}/{i}/end", str(w.vma.end))
             self._write(f"{ctx}/schemes/nr_schemes", "1")
             scheme = f"{ctx}/schemes/0"
             self._write(f"{scheme}/action", "stat")

@@ -33,6 +33,3 @@ def test_swap_out_sends_a_workloads_cold_set_to_zram_and_leaves_the_hot_set(zram
         present, _ = pagemap_bits(w.pid, *w.cold)
         assert present.all(), "verify read every cold page back in"
 
-
-# Slide end to end (DAMON source, zram swap) goes here: a Manager with one slide task on a
-# Workload, run for a few intervals, then the same pagemap checks on its hot and cold sets.
