@@ -1,7 +1,7 @@
 """Keys shared by several built-in engines."""
 from __future__ import annotations
 
-from ..config import Int, Text, key
+from ..config import Text, key
 
 PMU_WARNING = "PMU sampling is not supported by etmem for Python; the key is ignored"
 
@@ -9,6 +9,3 @@ PMU_WARNING = "PMU sampling is not supported by etmem for Python; the key is ign
 def pmu_key():
     """One of upstream's -DENABLE_PMU keys: accepted with a warning, never used."""
     return key(Text(64), None, help="upstream PMU sampling key; ignored with a warning", warn=PMU_WARNING)
-
-
-__all__ = ["pmu_key", "Int"]
