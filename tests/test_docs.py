@@ -1,4 +1,8 @@
-"""Every ```python block in docs/ runs (as root, like the suite), so the docs cannot rot."""
+"""Every ```python block in docs/ runs (as root, like the suite), so the docs cannot rot.
+
+Excerpts of files that other tests run (the example plugin package) are fenced ```py
+instead and are not run here.
+"""
 import glob
 import os
 import re
