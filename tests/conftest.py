@@ -6,6 +6,7 @@ kernel truly lacks it, saying why.
 from __future__ import annotations
 
 import os
+import subprocess
 
 import numpy as np
 import pytest
@@ -37,6 +38,15 @@ def zram_swap():
     device = zram.ZramSwap(2 << 30, priority=32000).create()
     yield device
     device.remove()
+
+
+@pytest.fixture(scope="module")
+def target():
+    """The pid of a sleeping child process for tasks to point at."""
+    proc = subprocess.Popen(["sleep", "3600"])
+    yield proc.pid
+    proc.kill()
+    proc.wait()
 
 
 @pytest.fixture

@@ -24,15 +24,6 @@ def plugin_dir(tmp_path_factory):
     return install_probe_plugin(tmp_path_factory.mktemp("plugin"))
 
 
-@pytest.fixture(scope="module")
-def target():
-    """A sleeping child process for tasks to point at."""
-    proc = subprocess.Popen(["sleep", "3600"])
-    yield proc.pid
-    proc.kill()
-    proc.wait()
-
-
 @pytest.fixture
 def daemon(tmp_path, plugin_dir):
     d = Etmemd(tmp_path, plugin_dir=plugin_dir).start()

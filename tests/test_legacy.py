@@ -54,14 +54,6 @@ def libs(tmp_path_factory) -> dict[str, Path]:
     }
 
 
-@pytest.fixture(scope="module")
-def target():
-    proc = subprocess.Popen(["sleep", "3600"])
-    yield proc.pid
-    proc.kill()
-    proc.wait()
-
-
 @pytest.fixture
 def daemon(tmp_path):
     d = Etmemd(tmp_path).start()
