@@ -23,7 +23,7 @@ from ..config import Int, Size, key
 from ..errors import EtmemError, ProcessGone
 from ..hookspecs import hookimpl
 from ..process import ProcessHandle, resolve_targets
-from ..scan import PAGE, Scanner
+from ..scan import PAGE, Scanner, decode_pagemap
 from ..stats import CallCounters
 from ..strategy import Strategy
 from .keys import pmu_key
@@ -269,8 +269,6 @@ def _resident_pages(pid: int, addr: np.ndarray, size: np.ndarray) -> int:
 
     One pagemap read per 2 MiB of address space touched, no Python work per page.
     """
-    from ..scan import decode_pagemap
-
     if not len(addr):
         return 0
     n = (size // PAGE).astype(np.int64)
