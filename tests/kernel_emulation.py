@@ -262,6 +262,17 @@ def _append(out, addr, kind):
 
 
 class _FileBase(io.RawIOBase):
+    """A kernel file whose offset is set by seek (SEEK_SET or SEEK_CUR) and read by tell."""
+
+    offset = 0
+
+    def seek(self, pos, whence=0):
+        self.offset = pos if whence == 0 else self.offset + pos
+        return self.offset
+
+    def tell(self):
+        return self.offset
+
     def readable(self):
         return True
 
@@ -349,13 +360,6 @@ class PagemapFile(_FileBase):
         self.table = table
         self.offset = 0
 
-    def seek(self, pos, whence=0):
-        self.offset = pos if whence == 0 else self.offset + pos
-        return self.offset
-
-    def tell(self):
-        return self.offset
-
     def read(self, n=-1):
         if self.offset % 8 or n % 8:
             raise OSError(errno.EINVAL, "pagemap: unaligned read")
@@ -385,13 +389,6 @@ class IdleBitmapFile(_FileBase):
 
     def writable(self):
         return True
-
-    def seek(self, pos, whence=0):
-        self.offset = pos if whence == 0 else self.offset + pos
-        return self.offset
-
-    def tell(self):
-        return self.offset
 
     def read(self, n=-1):
         if self.offset % 8 or n % 8:

@@ -183,7 +183,7 @@ class Task:
                                              project=engine.project.name, engine=engine.name).items() if v is not None}
             if "value" in values:
                 values["value"] = str(values["value"])
-            config, _ = loader.build_task(values, type_of(engine), engine.project.spec)
+            config, _ = loader.build_task(values, type(engine.strategy), engine.project.spec)
         self.engine = engine
         self.config = config
         self.name = config.name
@@ -256,10 +256,6 @@ class Task:
             self.stats.last_round_seconds = round(time.monotonic() - began, 3)
         self.project.plugins.round_finished(self, self.stats)
         return self.stats
-
-
-def type_of(engine: Engine) -> type:
-    return type(engine.strategy)
 
 
 class Manager:
