@@ -183,7 +183,7 @@ class Task:
                                              project=engine.project.name, engine=engine.name).items() if v is not None}
             if "value" in values:
                 values["value"] = str(values["value"])
-            config, _ = loader.build_task(values, type(engine.strategy), engine.project.spec)
+            config, _ = loader.build_task(values, engine.strategy.__class__, engine.project.spec)
         self.engine = engine
         self.config = config
         self.name = config.name
