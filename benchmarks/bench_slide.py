@@ -18,7 +18,7 @@ import resource
 import sys
 import time
 
-from etmem import kernel, zram
+from etmem import zram
 from etmem.model import Manager, Project
 from etmem.workload import Workload
 

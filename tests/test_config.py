@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 import etmem
 from etmem import config, load_config
-from etmem.config import ConfigError, parse_keyfile
+from etmem.config import ConfigError
 from etmem.loader import load_text
 
 HERE = os.path.dirname(__file__)

@@ -1,5 +1,4 @@
 """`etmem demo`, the README's main job: run for real, and refused clearly without root."""
-import os
 import re
 import subprocess
 import sys

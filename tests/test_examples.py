@@ -1,11 +1,8 @@
 """Every example in examples/ and every Python block in docs/ runs."""
-import glob
 import os
 import re
 import subprocess
 import sys
-
-import pytest
 
 ROOT = os.path.join(os.path.dirname(__file__), "..")
 

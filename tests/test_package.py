@@ -1,6 +1,5 @@
 """The installed package: version, console scripts, compiled extension."""
 import subprocess
-import sys
 
 import etmem
 

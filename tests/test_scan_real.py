@@ -5,12 +5,11 @@ import ctypes
 import os
 
 import numpy as np
-import pytest
 
 from conftest import pagemap_bits
 from etmem import procfs
 from etmem.kernel import SYS_pidfd_open, SYS_process_madvise, libc
-from etmem.scan import Scanner, decode_pagemap
+from etmem.scan import Scanner, decode_pagemap, present_pages
 
 PAGE = 4096
 MADV_PAGEOUT = 21
@@ -59,6 +58,15 @@ def test_pagemap_decoding_matches_the_kernel_for_pages_swapped_to_zram(need_root
     text = next(v for v in procfs.maps(w.pid) if v.inode and "x" in v.perms)
     file_pm = decode_pagemap(raw_pagemap(w.pid, text.start, text.end))
     assert file_pm["present"].any() and file_pm["file"][file_pm["present"]].all()
+
+    # present_pages counts the same from scattered (addr, size) entries: every other page
+    # of the whole cold range, and a 2-page entry straddling the swapped/present border
+    every_other = np.arange(cold_start, cold_end, 2 * PAGE, dtype=np.uint64)
+    sizes = np.full(every_other.size, PAGE, dtype=np.uint64)
+    assert present_pages(w.pid, every_other, sizes) == int(got["present"][::2].sum())
+    border = np.array([half - PAGE], dtype=np.uint64)
+    assert present_pages(w.pid, border, np.array([2 * PAGE], dtype=np.uint64)) == int(got["present"][n_half - 1:n_half + 1].sum())
+    assert present_pages(w.pid, every_other[:0], sizes[:0]) == 0
 
     # the scanner reports resident pages only: the swapped half is not in its result
     refs = Scanner(w.pid, source="smaps", ranges=[w.cold]).scan()

@@ -12,7 +12,6 @@ import textwrap
 import threading
 import time
 
-import numpy as np
 import pytest
 
 import etmem
@@ -237,7 +236,7 @@ TREE = textwrap.dedent("""
     depth = int(sys.argv[1])
     if depth:
         child = subprocess.Popen([sys.executable, __file__, str(depth - 1)], stdin=subprocess.DEVNULL)
-        print(child.pid, flush=True)
+    print("ready", flush=True)   # every level shares the pipe: 3 lines once the whole tree sleeps
     time.sleep(120)
 """)
 
@@ -247,9 +246,7 @@ def test_grandchildren_are_targets_and_dead_pids_are_clear_errors(real, tmp_path
     script.write_text(TREE)
     root = subprocess.Popen([sys.executable, str(script), "2"], stdout=subprocess.PIPE, text=True)
     try:
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline and len(etmem.procfs.descendants(root.pid)) < 2:
-            time.sleep(0.05)
+        assert [root.stdout.readline().strip() for _ in range(3)] == ["ready"] * 3
         manager, task = slide_task(root.pid, "smaps", loop=1, T=0)
         task.run_round()
         assert task.stats.targets == 3 and task.stats.last_error is None

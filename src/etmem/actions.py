@@ -23,12 +23,12 @@ import numpy as np
 
 from . import kernel, procfs
 from .errors import EtmemError, ProcessGone
+from .pages import PAGE, page_addresses, union
 from .process import ProcessHandle
 from .stats import CallCounters, errno_name
 
 log = logging.getLogger("etmem.actions")
 
-PAGE = procfs.PAGE_SIZE
 IOV_MAX = 1024              # process_madvise refuses more iovecs per call (EINVAL)
 MADV_PAGEOUT = 21
 MPOL_MF_MOVE = 1 << 1       # move pages mapped only by this process
@@ -124,20 +124,7 @@ def _ranges(addrs, sizes) -> tuple[np.ndarray, np.ndarray]:
         ends = np.maximum((a + s + mask) & ~mask, starts + np.uint64(PAGE))
     order = np.argsort(starts, kind="stable")
     starts, ends = starts[order], ends[order]
-    return _union(starts, ends)
-
-
-def _union(starts: np.ndarray, ends: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Merge sorted ranges that overlap or touch into maximal runs (vectorised)."""
-    if starts.size <= 1:
-        return starts, ends
-    reach = np.maximum.accumulate(ends)
-    new_run = np.empty(starts.size, dtype=bool)
-    new_run[0] = True
-    new_run[1:] = starts[1:] > reach[:-1]
-    first = np.flatnonzero(new_run)
-    last = np.append(first[1:] - 1, starts.size - 1)
-    return starts[first], reach[last]
+    return union(starts, ends)
 
 
 def _split_at(starts: np.ndarray, ends: np.ndarray, bounds: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -208,7 +195,7 @@ def _pages(starts: np.ndarray, ends: np.ndarray) -> int:
 
 def iovecs(starts: np.ndarray, ends: np.ndarray) -> np.ndarray:
     """A struct iovec array (base, len) for ranges, contiguous ones merged into one entry."""
-    starts, ends = _union(np.asarray(starts, np.uint64), np.asarray(ends, np.uint64))
+    starts, ends = union(np.asarray(starts, np.uint64), np.asarray(ends, np.uint64))
     iov = np.empty(starts.size, dtype=IOVEC)
     iov["base"] = starts
     iov["len"] = ends - starts
@@ -226,13 +213,6 @@ def encode_swap_pages(page_addrs: np.ndarray) -> np.ndarray:
     out[:, 2:18] = np.frombuffer(b"0123456789abcdef", dtype=np.uint8)[nibbles]
     out[:, 18] = ord("\n")
     return out
-
-
-def _expand_pages(starts: np.ndarray, ends: np.ndarray) -> np.ndarray:
-    counts = ((ends - starts) // np.uint64(PAGE)).astype(np.int64)
-    base = np.repeat(starts, counts)
-    offset = np.arange(counts.sum(), dtype=np.uint64) - np.repeat(np.cumsum(counts) - counts, counts).astype(np.uint64)
-    return base + offset * np.uint64(PAGE)
 
 
 # --- swap out ---------------------------------------------------------------
@@ -308,7 +288,7 @@ def swap_out(target: ProcessHandle, addrs: np.ndarray, sizes: np.ndarray | None 
         if method == "process_madvise":
             _pageout_madvise(target, iovecs(starts, ends), counters, result)
         else:
-            _pageout_swap_pages(target, _expand_pages(*_union(starts, ends)), counters, result)
+            _pageout_swap_pages(target, page_addresses(*union(starts, ends)), counters, result)
     if result.error is None and result.done:
         full = _swap_problem()
         if full:

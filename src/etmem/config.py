@@ -431,7 +431,7 @@ def parse_keyfile(text: str, path: str | None = None) -> list[Group]:
             errors.append(ConfigError(f"expected key=value, got '{_clip(line)}'", path, number, current[0] if current else None))
             continue
         if current is None:
-            errors.append(ConfigError(f"key outside any group: start the file with [project], [engine] or [task]", path, number, key=name))
+            errors.append(ConfigError("key outside any group: start the file with [project], [engine] or [task]", path, number, key=name))
             continue
         if name in seen:
             errors.append(ConfigError(f"given twice in this group (first on line {seen[name]})", path, number, current[0], name, value))

@@ -10,7 +10,6 @@ import os
 import re
 from typing import Iterator, NamedTuple
 
-PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
 PROC = "/proc"
 NODE_SYSFS = "/sys/devices/system/node"
 

@@ -25,10 +25,10 @@ import numpy as np
 
 from . import _scan, kernel, procfs
 from .errors import EtmemError, KernelFeatureMissing, ProcessGone
+from .pages import PAGE, page_addresses
 
 log = logging.getLogger("etmem.scan")
 
-PAGE = 4096
 PMD_SIZE = 2 << 20
 PUD_SIZE = 1 << 30
 SOURCES = ("idle_pages", "page_idle", "damon", "smaps")
@@ -236,6 +236,35 @@ def read_pagemap(pid: int, start: int, end: int, opener=None) -> dict[str, np.nd
         return _decode_pagemap_file(f, start, end, np.empty(_PAGEMAP_CHUNK, dtype=np.uint64))
     finally:
         f.close()
+
+
+def present_pages(pid: int, addr: np.ndarray, size: np.ndarray, opener=None) -> int:
+    """How many pages of the (addr, size) entries are present in memory now (pagemap bit 63).
+
+    For scattered page sets (such as the pages swapped out last round): one 4 KiB pagemap
+    read per 2 MiB of address space touched, no Python work per page. 0 when the process
+    has gone.
+    """
+    addr = np.asarray(addr, dtype=np.uint64)
+    if not addr.size:
+        return 0
+    index = page_addresses(addr, addr + np.asarray(size, dtype=np.uint64)) // np.uint64(PAGE)
+    chunks = np.unique(index >> np.uint64(9))           # 512 entries: one read each
+    table = np.zeros((len(chunks), 512), dtype=np.uint64)
+    try:
+        f = (opener or _default_opener)(f"/proc/{pid}/pagemap", "rb")
+        try:
+            for row, chunk in enumerate(chunks):
+                f.seek(int(chunk) * 512 * 8)
+                raw = np.frombuffer(f.read(512 * 8), dtype=np.uint64)
+                table[row, :len(raw)] = raw
+        finally:
+            f.close()
+    except OSError:
+        return 0
+    rows = np.searchsorted(chunks, index >> np.uint64(9))
+    entries = table[rows, (index & np.uint64(511)).astype(np.int64)]
+    return int(decode_pagemap(entries)["present"].sum())
 
 
 def _read_pagemap(opener, pid: int, windows):
