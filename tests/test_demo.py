@@ -1,7 +1,10 @@
 """`etmem demo`, the README's main job: run for real, and refused clearly without root."""
+import os
 import re
 import subprocess
 import sys
+
+import pytest
 
 
 def test_demo_moves_the_cold_set_out_and_keeps_the_hot_set(need_root):
@@ -31,3 +34,19 @@ def test_demo_help_lists_its_knobs():
     out = subprocess.run(["etmem", "demo", "--help"], capture_output=True, text=True, check=True).stdout
     for knob in ("--total-mb", "--hot-mb", "--rounds", "--scanner", "--zram-mb"):
         assert knob in out
+
+
+@pytest.mark.parametrize("args, says", [
+    (["--total-mb", "-5"], "--total-mb must be at least 1"),
+    (["--hot-mb", "600"], "--hot-mb must be above 0 and below --total-mb (512)"),
+    (["--rounds", "0"], "--rounds must be at least 1"),
+    (["--zram-mb", "0"], "--zram-mb must be at least 1"),
+    (["--total-mb", str(1 << 40), "--hot-mb", "8"], "does not fit"),
+    (["--loop", "200"], "[project] loop=200: must be an integer from 1 to 120"),
+])
+def test_bad_knobs_get_one_clear_line_and_leave_nothing_behind(need_root, args, says):
+    zram_before = sorted(os.listdir("/sys/block"))
+    out = subprocess.run(["etmem", "demo", *args], capture_output=True, text=True, timeout=120)
+    assert out.returncode in (1, 2), out.stdout + out.stderr
+    assert says in out.stderr and "Traceback" not in out.stderr and "internal error" not in out.stderr, out.stderr
+    assert sorted(os.listdir("/sys/block")) == zram_before, "a zram device was left behind"

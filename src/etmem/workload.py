@@ -23,6 +23,8 @@ import time
 
 import numpy as np
 
+from .errors import EtmemError
+
 PAGE = mmap.PAGESIZE
 MADV_NOHUGEPAGE = 15
 MADV_HUGEPAGE = 14
@@ -111,6 +113,10 @@ def _child(total_mb: int, hot_mb: int, pause: float, huge: bool) -> None:
     state["stop"] = True
 
 
+class WorkloadError(EtmemError):
+    """The workload child could not be started."""
+
+
 class Workload:
     """Parent-side handle of a workload child process."""
 
@@ -125,7 +131,8 @@ class Workload:
         self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
         hello = json.loads(self.proc.stdout.readline() or "null")
         if not hello:
-            raise RuntimeError(f"workload failed to start (exit status {self.proc.wait()})")
+            raise WorkloadError(f"the workload process ({self.total_mb} MiB) failed to start "
+                                f"(exit status {self.proc.wait()}; see its message above)")
         self.pid = hello["pid"]
         self.hot = tuple(hello["hot"])
         self.cold = tuple(hello["cold"])

@@ -8,10 +8,12 @@ from __future__ import annotations
 import os
 import subprocess
 
+from .errors import EtmemError
+
 CONTROL = "/sys/class/zram-control"
 
 
-class ZramUnavailable(RuntimeError):
+class ZramUnavailable(EtmemError):
     """This machine cannot give us a zram swap device; the message says why."""
 
 
@@ -61,9 +63,12 @@ class ZramSwap:
             subprocess.run(["swapon", "-p", str(self.priority), self.device], check=True, capture_output=True)
             self.active = True
         except (OSError, subprocess.CalledProcessError) as exc:
-            detail = getattr(exc, "stderr", b"") or b""
+            device = self.device
+            detail = (getattr(exc, "stderr", b"") or b"").decode(errors="replace").strip()
             self.remove()
-            raise ZramUnavailable(f"could not set up {self.device} as swap: {exc} {detail.decode(errors='replace').strip()}") from None
+            raise ZramUnavailable(f"could not set up {device} ({self.size_bytes >> 20} MiB) as swap: "
+                                  f"{exc.strerror if isinstance(exc, OSError) and exc.strerror else exc}"
+                                  f"{': ' + detail if detail else ''}") from None
         return self
 
     def remove(self) -> None:

@@ -68,6 +68,22 @@ class _Snapshot:
         self.cold_swapped = float(cold["swapped"].mean())
 
 
+def _bad_sizes(args: argparse.Namespace) -> str | None:
+    """Why these knobs cannot run here, or None: sizes must fit the memory that is free."""
+    for name in ("total_mb", "rounds", "loop", "sleep", "interval"):
+        if getattr(args, name) < 1:
+            return f"--{name.replace('_', '-')} must be at least 1"
+    if not 0 < args.hot_mb < args.total_mb:
+        return f"--hot-mb must be above 0 and below --total-mb ({args.total_mb})"
+    if args.zram_mb is not None and args.zram_mb < 1:
+        return "--zram-mb must be at least 1"
+    available_mb = procfs.meminfo().get("MemAvailable", 0) // 1024
+    if args.total_mb > available_mb * 3 // 4:
+        return (f"a {args.total_mb} MiB workload does not fit: {available_mb} MiB of memory is available and the "
+                f"demo keeps its use under three quarters of that; choose --total-mb {max(2, available_mb // 2)} or less")
+    return None
+
+
 def _kb(value: str | None) -> int:
     return int(value.split()[0]) if value else 0
 
@@ -81,8 +97,9 @@ def main(args: argparse.Namespace) -> int:
     if problem:
         print(f"etmem demo: {problem}", file=sys.stderr)
         return 2
-    if not 0 < args.hot_mb < args.total_mb:
-        print("etmem demo: --hot-mb must be above 0 and below --total-mb", file=sys.stderr)
+    problem = _bad_sizes(args)
+    if problem:
+        print(f"etmem demo: {problem}", file=sys.stderr)
         return 2
     sources = available_sources()
     if args.scanner != "auto" and sources.get(args.scanner):
@@ -93,6 +110,7 @@ def main(args: argparse.Namespace) -> int:
     workload = None
     manager = Manager()
     try:
+        project = Project(name="demo", loop=args.loop, interval=args.interval, sleep=args.sleep, scanner=args.scanner)
         if not kernel.swap_active():
             device = zram.ZramSwap((args.zram_mb or args.total_mb) * MiB).create()
             print(f"swap: made {device.device} ({_mib(device.size_bytes)}, compressed in RAM); it is removed at the end")
@@ -104,7 +122,6 @@ def main(args: argparse.Namespace) -> int:
               f"{args.total_mb - args.hot_mb} MiB cold")
         before = _Snapshot(workload, 2.0)
 
-        project = Project(name="demo", loop=args.loop, interval=args.interval, sleep=args.sleep, scanner=args.scanner)
         task = project.add_engine("slide").add_task("workload", "pid", workload.pid, T=args.T)
         manager.add(project)
         print(f"slide: loop={args.loop} sleep={args.sleep}s interval={args.interval}s T={args.T}, "
