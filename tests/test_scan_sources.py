@@ -441,3 +441,54 @@ def test_small_adjacent_vmas_are_each_counted_although_one_read_covers_both(regi
     assert len(refs.vmas) == 4 and len(refs) == 64
     assert (refs.count == 1).all(), np.bincount(refs.count)
     assert sorted(set(refs.vma.tolist())) == [0, 1, 2, 3]
+
+
+def test_a_process_is_scanned_by_one_scanner_at_a_time(region):
+    """A second scan of a process while one runs is refused with a message, not interleaved."""
+    import threading
+    table = PageTable()
+    table.add_vma(*region, state=IDLE)
+    emu = Emulator(os.getpid(), table)
+    first_running, first_may_end = threading.Event(), threading.Event()
+
+    def slow_opener(path, mode="rb"):
+        if path.endswith("idle_pages") and "/self/" not in path and threading.current_thread().name == "first":
+            first_running.set()
+            first_may_end.wait(10)
+        return emu.opener(path, mode)
+
+    results = {}
+    first = threading.Thread(name="first", target=lambda: results.update(
+        first=Scanner(os.getpid(), source="idle_pages", ranges=[region], opener=slow_opener).scan(loop=1)))
+    first.start()
+    assert first_running.wait(10)
+    assert os.getpid() in scan.CLAIMS.busy()
+    second = Scanner(os.getpid(), source="idle_pages", ranges=[region], opener=emu.opener).scan(loop=1)
+    first_may_end.set()
+    first.join()
+    assert second.passes == 0 and len(second) == 0 and "being scanned by another task" in second.error
+    assert results["first"].error is None and results["first"].passes == 1
+    assert os.getpid() not in scan.CLAIMS.busy(), "the claim must be given back"
+    # once the first scan is over, the process can be scanned again
+    assert Scanner(os.getpid(), source="idle_pages", ranges=[region], opener=emu.opener).scan(loop=1).error is None
+
+
+def test_claims_nest_in_one_thread_and_survive_the_process_exiting():
+    """An engine claims a target for its round and then scans it: the scan's own claim nests."""
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    try:
+        outer = scan.CLAIMS.claim(child.pid)
+        assert outer is not None and scan.CLAIMS.claim(child.pid) == outer   # nested, same thread
+        import threading
+        other = []
+        t = threading.Thread(target=lambda: other.append(scan.CLAIMS.claim(child.pid)))
+        t.start()
+        t.join()
+        assert other == [None], "another thread is refused while the claim is held"
+        scan.CLAIMS.release(outer)
+        assert child.pid in scan.CLAIMS.busy()
+    finally:
+        child.kill()
+        child.wait()
+    scan.CLAIMS.release(outer)         # the process is gone: the key still releases it
+    assert child.pid not in scan.CLAIMS.busy()

@@ -17,6 +17,7 @@ import pytest
 import etmem
 from conftest import pagemap_bits
 from etmem.engines import slide as slide_module
+from etmem.scan import CLAIMS
 from kernel_emulation import ACCESSED, DIRTY, IDLE, Emulator, PageTable
 
 MiB = 1 << 20
@@ -339,7 +340,7 @@ def test_one_process_is_never_scanned_by_two_tasks_at_once(real, workload_factor
     runner = threading.Thread(target=first.run_round)
     runner.start()
     deadline = time.monotonic() + 10
-    while not slide_module.SCANNING._busy and time.monotonic() < deadline:
+    while w.pid not in CLAIMS.busy() and time.monotonic() < deadline:
         time.sleep(0.01)
     second.run_round()
     runner.join()

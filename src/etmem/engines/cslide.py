@@ -24,13 +24,12 @@ from ..config import Int, NodePairs, VmFlag, YesNo, key
 from ..errors import ConfigError, EtmemError, ObjectError
 from ..hookspecs import hookimpl
 from ..process import ProcessHandle, resolve_targets
-from ..scan import PAGE, Scanner
+from ..scan import CLAIMS, PAGE, Scanner
 from ..stats import CallCounters, errno_name
 from ..strategy import Strategy
 from .keys import pmu_key
 from .placement import (DEMOTE_FOR_HOT, DEMOTE_FOR_RESERVE, HUGETLB, NORMAL, PREFETCH_WARM, PROMOTE_HOT,
                         NodeMemory, plan_moves)
-from .slide import SCANNING
 
 log = logging.getLogger("etmem.cslide")
 
@@ -286,7 +285,8 @@ class Cslide(Strategy):
     def _scan_one(self, t: _Target, stop, errors) -> None:
         project = self.engine.project.spec
         keys = t.task.keys
-        if not SCANNING.claim(t.handle):
+        claim = CLAIMS.claim(t.handle)
+        if claim is None:
             errors[t.task].append(f"process {t.handle.pid} is being scanned by another task; skipped this round")
             return
         try:
@@ -298,7 +298,7 @@ class Cslide(Strategy):
             errors[t.task].append(f"process {t.handle.pid}: {exc}")
             return
         finally:
-            SCANNING.release(t.handle)
+            CLAIMS.release(claim)
         t.source = refs.source
         if refs.error:
             errors[t.task].append(f"process {t.handle.pid}: {refs.error}")

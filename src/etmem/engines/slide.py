@@ -23,7 +23,7 @@ from ..config import Int, Size, key
 from ..errors import EtmemError, ProcessGone
 from ..hookspecs import hookimpl
 from ..process import ProcessHandle, resolve_targets
-from ..scan import PAGE, Scanner, present_pages
+from ..scan import CLAIMS, PAGE, Scanner, present_pages
 from ..stats import CallCounters
 from ..strategy import Strategy
 from .keys import pmu_key
@@ -62,29 +62,6 @@ class TargetRound:
     source: str | None = None
     skipped: str | None = None
     error: str | None = None
-
-
-class _ScanGuard:
-    """Never two scans of one process at once, across every slide task of this process."""
-
-    def __init__(self):
-        self._lock = threading.Lock()
-        self._busy: set[tuple[int, int]] = set()
-
-    def claim(self, handle: ProcessHandle) -> bool:
-        ident = (handle.pid, handle.start_time)
-        with self._lock:
-            if ident in self._busy:
-                return False
-            self._busy.add(ident)
-            return True
-
-    def release(self, handle: ProcessHandle) -> None:
-        with self._lock:
-            self._busy.discard((handle.pid, handle.start_time))
-
-
-SCANNING = _ScanGuard()
 
 
 class Slide(Strategy):
@@ -146,7 +123,8 @@ class Slide(Strategy):
 
     def _target_round(self, task, handle: ProcessHandle, stop: threading.Event) -> TargetRound:
         out = TargetRound(handle.pid)
-        if not SCANNING.claim(handle):
+        claim = CLAIMS.claim(handle)
+        if claim is None:
             out.skipped = f"process {handle.pid} is being scanned by another task"
             return out
         try:
@@ -156,7 +134,7 @@ class Slide(Strategy):
         except EtmemError as exc:
             out.error = str(exc)
         finally:
-            SCANNING.release(handle)
+            CLAIMS.release(claim)
         return out
 
     def _scan_and_swap(self, task, handle: ProcessHandle, stop: threading.Event, out: TargetRound) -> None:
