@@ -385,6 +385,52 @@ def test_damon_source_maps_region_accesses_to_pages_and_removes_its_kdamond(tmp_
     m.close()
 
 
+def test_damon_scans_of_two_processes_at_once_take_turns_on_the_one_kdamond(tmp_path, monkeypatch):
+    """The kernel refuses a second kdamond set while one runs (EBUSY): etmem's own scans wait."""
+    import threading
+    kd, _, _ = damon_tree(tmp_path)
+    monkeypatch.setattr(scan, "DAMON_ADMIN", str(tmp_path))
+    monkeypatch.setattr(scan.kernel, "damon_operations", lambda: {"vaddr"})
+    running, peak = [0], [0]
+
+    def opener(path, mode="rb"):
+        if path == f"{kd}/nr_kdamonds" and "w" in mode:
+            if (kd / "0" / "state").read_text() == "on":
+                raise OSError(errno.EBUSY, "Device or resource busy", path)
+        if path == f"{kd}/0/state" and "w" in mode:
+            class State(io.BytesIO):
+                def close(self):
+                    value = self.getvalue().decode()
+                    if value in ("on", "off"):
+                        (kd / "0" / "state").write_text(value)
+                        running[0] += 1 if value == "on" else -1
+                        peak[0] = max(peak[0], running[0])
+                    super().close()
+            return State()
+        if "w" in mode:
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+        return open(path, mode, buffering=0)
+
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        results = {}
+        scans = [threading.Thread(target=lambda p=p: results.update(
+                     {p: Scanner(p, source="damon", opener=opener).scan(loop=2, sleep=0.1)}))
+                 for p in (os.getpid(), child.pid)]
+        for t in scans:
+            t.start()
+        for t in scans:
+            t.join(30)
+    finally:
+        child.kill()
+        child.wait()
+    assert {p: (r.passes, r.error) for p, r in results.items()} == {os.getpid(): (2, None), child.pid: (2, None)}
+    assert peak[0] == 1, "never two kdamonds of etmem's at once"
+    assert (kd / "nr_kdamonds").read_text() == "0" and not scan._OUR_KDAMONDS
+    assert scan._DAMON_TURN.acquire(blocking=False), "the turn must be given back"
+    scan._DAMON_TURN.release()
+
+
 def test_damon_with_a_foreign_kdamond_is_refused_without_writing(tmp_path, monkeypatch):
     kd, _, _ = damon_tree(tmp_path, nr_kdamonds="1")
     monkeypatch.setattr(scan, "DAMON_ADMIN", str(tmp_path))

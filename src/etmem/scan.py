@@ -50,6 +50,9 @@ _IDLE_READ_MAX = 1 << 20  # bytes per idle_pages read
 # kdamond directories this process created (as "N" strings); only these may be stopped
 _OUR_KDAMONDS: set[str] = set()
 _DAMON_LOCK = threading.Lock()
+# The kernel runs one set of kdamonds, so etmem's DAMON scans take turns: a scan holds
+# this from setting its kdamond up until it is removed; others wait (or their stop ends it).
+_DAMON_TURN = threading.Lock()
 
 
 class ScanError(EtmemError):
@@ -299,10 +302,11 @@ class _Source:
     name = ""
     per_vma = False
 
-    def __init__(self, scanner: "Scanner"):
+    def __init__(self, scanner: "Scanner", stop: threading.Event | None = None):
         self.scanner = scanner
         self.opener = scanner.opener
         self.pid = scanner.pid
+        self.stop = stop
 
     def begin(self, windows, sleep: float) -> None:
         """Set up before the first pass."""
@@ -542,9 +546,28 @@ class _DamonSource(_Source):
 
     def begin(self, windows, sleep):
         self.kd = None
+        self.turn = False
         ops = kernel.damon_operations()
         if "vaddr" not in ops:
             raise ScanError(f"scanner source 'damon' is not available: {_damon_reason()}")
+        self._wait_for_turn()
+        try:
+            self._set_up(windows, sleep)
+        except BaseException:
+            self.end()
+            raise
+
+    def _wait_for_turn(self) -> None:
+        if _DAMON_TURN.acquire(blocking=False):
+            self.turn = True
+            return
+        log.info("scan of pid %d waits for another etmem DAMON scan to end (one kdamond at a time)", self.pid)
+        while not _DAMON_TURN.acquire(timeout=0.1):
+            if self.stop is not None and self.stop.is_set():
+                raise ScanError("stopped while waiting for another etmem DAMON scan to end")
+        self.turn = True
+
+    def _set_up(self, windows, sleep):
         aggr_us = self.aggr_us = max(int(sleep * 1e6), 20 * self.sample_us)
         with _DAMON_LOCK:
             problem = _damon_owner_problem()
@@ -632,19 +655,21 @@ class _DamonSource(_Source):
             w.kinds[pm["present"]] = 1
 
     def end(self):
-        if self.kd is None:
-            return
-        with _DAMON_LOCK:
-            try:
-                self._write(f"{self.kd}/state", "off")
-            except OSError:
-                pass
-            try:
-                self._write(f"{DAMON_ADMIN}/kdamonds/nr_kdamonds", "0")
-            except OSError as exc:
-                log.warning("could not remove etmem's kdamond: %s", exc.strerror or exc)
-            _OUR_KDAMONDS.discard("0")
-            self.kd = None
+        if self.kd is not None:
+            with _DAMON_LOCK:
+                try:
+                    self._write(f"{self.kd}/state", "off")
+                except OSError:
+                    pass
+                try:
+                    self._write(f"{DAMON_ADMIN}/kdamonds/nr_kdamonds", "0")
+                except OSError as exc:
+                    log.warning("could not remove etmem's kdamond: %s", exc.strerror or exc)
+                _OUR_KDAMONDS.discard("0")
+                self.kd = None
+        if getattr(self, "turn", False):
+            self.turn = False
+            _DAMON_TURN.release()
 
 
 _SOURCE_CLASSES = {c.name: c for c in (_IdlePagesSource, _PageIdleSource, _DamonSource, _SmapsSource)}
@@ -792,7 +817,7 @@ class Scanner:
             CLAIMS.release(key)
 
     def _scan(self, loop: int, sleep: float, stop: threading.Event | None) -> PageRefs:
-        source = _SOURCE_CLASSES[self.source_name](self)
+        source = _SOURCE_CLASSES[self.source_name](self, stop)
         try:
             self._check_target()
             vmas = self.select_vmas()

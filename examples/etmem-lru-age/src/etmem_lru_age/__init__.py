@@ -77,7 +77,10 @@ class LruAge(Strategy):
             loop=project.loop, sleep=project.sleep, stop=stop)
         task.stats.source = refs.source
         if refs.passes < project.loop or stop.is_set():
-            return  # a cut-short round says nothing about idleness
+            # a cut-short round says nothing about idleness; say why unless we were stopped
+            if refs.error and not stop.is_set():
+                raise EtmemError(refs.error)
+            return
         ident = (handle.pid, handle.start_time)
         old_addr, old_age = task.state["ages"].get(ident, (np.zeros(0, np.uint64), np.zeros(0, np.int32)))
         # Age of each scanned page last round (0 when it was not seen then), plus one if idle now.
