@@ -411,20 +411,25 @@ def test_damon_scans_of_two_processes_at_once_take_turns_on_the_one_kdamond(tmp_
             os.makedirs(os.path.dirname(path), exist_ok=True)
         return open(path, mode, buffering=0)
 
-    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    # two idle processes: their VMAs stay put (this one's change as threads come and go)
+    children = [subprocess.Popen([sys.executable, "-c", "import time; print('ready', flush=True); time.sleep(60)"],
+                                 stdout=subprocess.PIPE, text=True) for _ in range(2)]
     try:
+        for c in children:
+            assert c.stdout.readline().strip() == "ready"    # start-up maps no more VMAs
         results = {}
-        scans = [threading.Thread(target=lambda p=p: results.update(
+        scans = [threading.Thread(target=lambda p=c.pid: results.update(
                      {p: Scanner(p, source="damon", opener=opener).scan(loop=2, sleep=0.1)}))
-                 for p in (os.getpid(), child.pid)]
+                 for c in children]
         for t in scans:
             t.start()
         for t in scans:
             t.join(30)
     finally:
-        child.kill()
-        child.wait()
-    assert {p: (r.passes, r.error) for p, r in results.items()} == {os.getpid(): (2, None), child.pid: (2, None)}
+        for c in children:
+            c.kill()
+            c.wait()
+    assert {p: (r.passes, r.error) for p, r in results.items()} == {c.pid: (2, None) for c in children}
     assert peak[0] == 1, "never two kdamonds of etmem's at once"
     assert (kd / "nr_kdamonds").read_text() == "0" and not scan._OUR_KDAMONDS
     assert scan._DAMON_TURN.acquire(blocking=False), "the turn must be given back"
