@@ -234,8 +234,8 @@ def test_a_range_the_kernel_refuses_is_skipped_alone_and_counted(need_root, zram
     s, e = w.cold
     ghost = 0x100000000   # 4 GiB: below the mmap area, above a small python's heap
     assert all(not (v.start < ghost + PAGE and ghost < v.end) for v in actions.procfs.maps(w.pid))
-    real = actions._target_vmas
-    monkeypatch.setattr(actions, "_target_vmas", lambda pid: sorted(
+    real = actions.procfs.vmas
+    monkeypatch.setattr(actions.procfs, "vmas", lambda pid: sorted(
         real(pid) + [actions.procfs.Vma(ghost, ghost + 16 * PAGE, "rw-p", 0, "00:00", 0, "")]))
     before = np.arange(s, s + 8 * PAGE, 2 * PAGE, dtype=U)
     after = np.arange(s + 64 * PAGE, s + 72 * PAGE, 2 * PAGE, dtype=U)

@@ -171,24 +171,6 @@ def _classify(starts: np.ndarray, ends: np.ndarray, vmas: list[procfs.Vma]) -> t
     return starts, ends, kind
 
 
-def _target_vmas(pid: int) -> list[procfs.Vma]:
-    """The VMAs with what swap-out needs to know; smaps (slow: it walks the page tables) only when needed.
-
-    Locked and hugetlb VMAs are told by their smaps VmFlags. When /proc/PID/status shows no
-    locked memory (VmLck) and no hugetlb pages, and no VMA is an anonymous hugetlb mapping,
-    maps (perms and path) says all that matters, 10-20 times faster for a large process.
-    """
-    st = procfs.status(pid)
-    locked = int(st.get("VmLck", "0 kB").split()[0] or 0)
-    hugetlb = int(st.get("HugetlbPages", "0 kB").split()[0] or 0)
-    if locked or hugetlb:
-        return procfs.smaps(pid)
-    vmas = procfs.maps(pid)
-    if any(v.path.startswith("/anon_hugepage") for v in vmas):
-        return procfs.smaps(pid)
-    return vmas
-
-
 def _pages(starts: np.ndarray, ends: np.ndarray) -> int:
     return int(((ends - starts) // np.uint64(PAGE)).sum())
 
@@ -273,7 +255,7 @@ def swap_out(target: ProcessHandle, addrs: np.ndarray, sizes: np.ndarray | None 
         return result
 
     try:
-        vmas = _target_vmas(target.pid)
+        vmas = procfs.vmas(target.pid)
     except procfs.ProcError as exc:
         target.check()
         raise ActionError(f"cannot read the memory map of process {target.pid}: {exc}") from None

@@ -776,13 +776,18 @@ class Scanner:
             raise ProcessGone(f"process {self.pid} exited")
 
     def select_vmas(self) -> list[procfs.Vma]:
-        """The VMAs this scanner covers, clipped to ranges, in address order."""
-        path = f"/proc/{self.pid}/smaps"
+        """The VMAs this scanner covers, clipped to ranges, in address order.
+
+        From maps where that says enough (procfs.vmas: smaps is slow for large processes);
+        their VmFlags are there when vm_flags must match, and `ht`/`lo` whenever true.
+        """
         try:
-            with self.opener(path, "rb") as f:
-                vmas = procfs.parse_smaps(f.read().decode("utf-8", "replace"))
-        except OSError as exc:
-            raise _PassEnded(_errno_message(exc, self.pid, path)) from None
+            vmas = procfs.vmas(self.pid, flags=bool(self.vm_flags))
+        except procfs.NoSuchProcess:
+            raise _PassEnded(f"process {self.pid} exited before the scan") from None
+        except procfs.AccessDenied:
+            raise _PassEnded(f"permission denied on the memory map of process {self.pid} "
+                             "(etmem needs root / CAP_SYS_ADMIN)") from None
         out = []
         for v in vmas:
             if v.is_special or v.perms[:3] == "---":
