@@ -446,9 +446,24 @@ def test_damon_with_a_foreign_kdamond_is_refused_without_writing(tmp_path, monke
         if "w" in mode or "+" in mode:
             writes.append(path)
         return open(path, mode, buffering=0)
-    with pytest.raises(KernelFeatureMissing, match="another owner"):
+    with pytest.raises(KernelFeatureMissing, match="another owner") as info:
         Scanner(os.getpid(), source="damon", opener=opener)
     assert writes == [] and (kd / "nr_kdamonds").read_text() == "1"
+    # the message says what that kdamond is; a foreign one (paddr) gets no stop hint
+    assert "kdamond 0 off, paddr)" in str(info.value) and "echo off" not in str(info.value)
+
+
+def test_a_leftover_kdamond_that_looks_like_etmems_gets_a_hint_how_to_stop_it(tmp_path, monkeypatch):
+    kd, ctx, scheme = damon_tree(tmp_path, nr_kdamonds="1")
+    for path, text in ((kd / "0" / "state", "on"), (ctx / "operations", "vaddr"), (ctx / "targets" / "nr_targets", "1"),
+                       (ctx / "targets" / "0" / "pid_target", "4242"), (ctx / "schemes" / "nr_schemes", "1"),
+                       (scheme / "action", "stat")):
+        path.write_text(text)
+    monkeypatch.setattr(scan, "DAMON_ADMIN", str(tmp_path))
+    problem = scan._damon_owner_problem()
+    assert "kdamond 0 on, vaddr on pid 4242, scheme stat" in problem
+    assert f"echo off > {tmp_path}/kdamonds/0/state" in problem
+    assert (kd / "0" / "state").read_text() == "on", "etmem itself never stops it"
 
 
 def test_damon_busy_kernel_ends_the_scan_with_another_owner(tmp_path, monkeypatch):

@@ -126,9 +126,35 @@ def _damon_owner_problem() -> str | None:
         return kernel.missing("damon")
     foreign = [str(i) for i in range(nr) if str(i) not in _OUR_KDAMONDS]
     if foreign:
-        return (f"DAMON is in use by another owner ({nr} kdamond(s) exist, not created by etmem; "
-                "the kernel allows only one set and etmem never stops another owner's kdamond)")
+        found = [_describe_kdamond(i) for i in foreign]
+        hint = ""
+        if any(", vaddr on pid" in d and d.endswith("scheme stat") for d in found):
+            hint = (f" One looks like etmem's own (vaddr, a stat scheme): if an etmemd was killed, stop "
+                    f"its leftover with: echo off > {DAMON_ADMIN}/kdamonds/0/state; "
+                    f"echo 0 > {DAMON_ADMIN}/kdamonds/nr_kdamonds")
+        return (f"DAMON is in use by another owner ({nr} kdamond(s) not created by this etmem: "
+                f"{'; '.join(found)}); the kernel allows only one set and etmem never stops another "
+                f"owner's kdamond.{hint}")
     return None
+
+
+def _describe_kdamond(index: str) -> str:
+    """What a kdamond monitors, read-only, for the message that it is not ours."""
+    base = f"{DAMON_ADMIN}/kdamonds/{index}"
+
+    def read(path: str) -> str:
+        try:
+            with open(f"{base}/{path}") as f:
+                return f.read().strip()
+        except OSError:
+            return "?"
+    ctx = "contexts/0"
+    ops = read(f"{ctx}/operations")
+    text = f"kdamond {index} {read('state')}, {ops}"
+    if ops in ("vaddr", "fvaddr") and read(f"{ctx}/targets/nr_targets") not in ("0", "?"):
+        text += f" on pid {read(f'{ctx}/targets/0/pid_target')}"
+    actions = read(f"{ctx}/schemes/0/action") if read(f"{ctx}/schemes/nr_schemes") not in ("0", "?") else None
+    return text + (f", scheme {actions}" if actions else "")
 
 
 def _damon_reason() -> str | None:
