@@ -45,3 +45,28 @@ def test_damon_source_finds_the_hot_set_of_a_256_mib_process():
     assert precision >= 0.9 and recall >= 0.9, detail
     with open(f"{scan.DAMON_ADMIN}/kdamonds/nr_kdamonds") as f:
         assert f.read().strip() == "0", "the scanner left its kdamond behind"
+
+
+def test_two_damon_scans_at_once_take_turns_on_the_kernels_one_kdamond():
+    """The kernel refuses a second kdamond set while one runs (EBUSY on nr_kdamonds): two
+    scans started together, of two processes, both finish: the second waits its turn."""
+    import threading
+    reason = scan.available_sources()["damon"]
+    if reason:
+        pytest.skip(reason)
+    with Workload(total_mb=16, hot_mb=4, pause=0.005) as a, Workload(total_mb=16, hot_mb=4, pause=0.005) as b:
+        results = {}
+
+        def run(w):
+            results[w.pid] = Scanner(w.pid, source="damon", ranges=[w.hot, w.cold]).scan(loop=3, sleep=0.2)
+        threads = [threading.Thread(target=run, args=(w,)) for w in (a, b)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(120)
+    assert {pid: (r.passes, r.error) for pid, r in results.items()} == {a.pid: (3, None), b.pid: (3, None)}
+    for w in (a, b):
+        refs = results[w.pid]
+        assert len(refs) == 16 << 8, "every page of both ranges is reported"
+    with open(f"{scan.DAMON_ADMIN}/kdamonds/nr_kdamonds") as f:
+        assert f.read().strip() == "0", "the scanner left its kdamond behind"
