@@ -15,7 +15,7 @@ from etmem.config import Int, Size, key
 from etmem.errors import EtmemError, ProcessGone
 from etmem.hookspecs import hookimpl
 from etmem.process import resolve_targets
-from etmem.scan import PAGE, Scanner
+from etmem.scan import CLAIMS, PAGE, Scanner
 from etmem.stats import CallCounters
 from etmem.strategy import Strategy
 
@@ -57,10 +57,17 @@ class LruAge(Strategy):
         errors = []
         try:
             for handle in targets:
+                # hold the process from the scan to the swap-out: no other task scans it between
+                claim = CLAIMS.claim(handle)
+                if claim is None:
+                    errors.append(f"process {handle.pid} is being scanned by another task; skipped this round")
+                    continue
                 try:
                     self._age_and_swap(task, handle, stop)
                 except (ProcessGone, EtmemError) as exc:
                     errors.append(f"process {handle.pid}: {exc}")
+                finally:
+                    CLAIMS.release(claim)
         finally:
             alive = {(h.pid, h.start_time) for h in targets}
             for ident in [i for i in ages if i not in alive]:
