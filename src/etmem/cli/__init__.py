@@ -1,7 +1,7 @@
 """The `etmem` command: upstream's client commands plus etmem-for-Python's own.
 
 `obj`, `project` and `engine` talk to etmemd exactly as upstream's client does
-(`cli.client`). `config`, `plugins` and `demo` are modules of their own, imported
+(`cli.client`). `config`, `plugins`, `kernel` and `demo` are modules of their own, imported
 only when used, each with `set_argparser(parser)` and `main(args)`. This file only
 wires them, and makes sure no command ends in a traceback.
 """
@@ -30,6 +30,7 @@ Commands:
     engine CMD -n PROJ -e ENG -s SOCK  run an engine's own command, e.g. showtaskpages (-t TASK)
     config check|keys ...              validate config files offline, list each group's keys
     plugins                            list the strategy plugins etmem has loaded
+    kernel [-o json]                   what the running kernel offers etmem, and what is missing
     demo ...                           run a demonstration of memory tiering (etmem demo --help)
     help                               show this message
 
@@ -37,7 +38,7 @@ Run 'etmem OBJECT help' for the options of obj, project and engine.
 """
 
 #: Our own subcommands: name -> module under etmem.cli.
-EXTRA_COMMANDS = {"config": "config_cmd", "plugins": "plugins_cmd", "demo": "demo"}
+EXTRA_COMMANDS = {"config": "config_cmd", "plugins": "plugins_cmd", "kernel": "kernel_cmd", "demo": "demo"}
 CLIENT_GROUPS = ("obj", "project", "engine")
 
 
