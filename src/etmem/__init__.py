@@ -7,15 +7,36 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-from .actions import ActionError, move_pages, page_nodes, swap_out
-from .errors import ConfigError, EtmemError, KernelFeatureMissing, ObjectError, ProcessGone
-from .hookspecs import hookimpl
-from .loader import ConfigFile, load_config
-from .model import Engine, Manager, Project, Task, TaskStats
-from .process import ProcessHandle, resolve_targets
-from .scan import PageRefs, Scanner, ScanError, available_sources
-from .stats import CallCounters
-from .strategy import Strategy
+# The public names, imported from their modules on first use (PEP 562): `etmem`'s own
+# commands (the client above all) and the demo's workload child start without numpy,
+# attrs, cattrs and pluggy, which the library needs and a client does not.
+_HOME = {
+    "ActionError": "actions", "move_pages": "actions", "page_nodes": "actions", "swap_out": "actions",
+    "ConfigError": "errors", "EtmemError": "errors", "KernelFeatureMissing": "errors",
+    "ObjectError": "errors", "ProcessGone": "errors",
+    "hookimpl": "hookspecs",
+    "ConfigFile": "loader", "load_config": "loader",
+    "Engine": "model", "Manager": "model", "Project": "model", "Task": "model", "TaskStats": "model",
+    "ProcessHandle": "process", "resolve_targets": "process",
+    "PageRefs": "scan", "Scanner": "scan", "ScanError": "scan", "available_sources": "scan",
+    "CallCounters": "stats",
+    "Strategy": "strategy",
+}
+
+
+def __getattr__(name: str):
+    module = _HOME.get(name)
+    if module is None:
+        raise AttributeError(f"module 'etmem' has no attribute {name!r}")
+    import importlib
+    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_HOME))
+
 
 __all__ = [
     "__version__",
