@@ -11,7 +11,7 @@ Inside the guest (ETMEM_IN_VM=1) it only writes each report to a results file.
 Environment knobs (see docs/testing.md):
   ETMEM_VM_KERNEL   kernel image to boot (default: ../shared/testvm/bzImage-6.12.117-etmem
                     beside the repository, then /boot/vmlinuz-6.12*-amd64)
-  ETMEM_VM_TIMEOUT  seconds for boot plus all guest tests (default 540)
+  ETMEM_VM_TIMEOUT  seconds for boot plus all guest tests (default 720)
   ETMEM_VM_ARGS     extra vng arguments, split like a shell would
 """
 from __future__ import annotations
