@@ -151,7 +151,10 @@ def main(args: argparse.Namespace) -> int:
 
 
 def _auto(sources: dict) -> str:
-    return next((name for name in SOURCES if sources.get(name) is None), "none")
+    name = next((name for name in SOURCES if sources.get(name) is None), "none")
+    if name == "smaps":   # the coarse fallback: say where the per-page sources went
+        name += " (per VMA; `etmem kernel` shows what the per-page sources need)"
+    return name
 
 
 def _follow(task, workload: Workload, rounds: int) -> None:
