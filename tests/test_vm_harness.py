@@ -53,6 +53,9 @@ def test_a_guest_that_cannot_boot_fails_the_vm_tests_instead_of_skipping(tmp_pat
     assert inner.returncode == 1, inner.stdout
     assert "1 failed" in inner.stdout and "skipped" not in inner.stdout
     assert "vm harness: " in inner.stdout
+    # a guest that never reaches its command is booted once more, verbose, and both consoles shown
+    assert "booting once more with --verbose" in inner.stdout
+    assert "second boot, --verbose" in inner.stdout and "--verbose" in inner.stdout.split("command: ", 1)[1]
 
 
 def test_a_guest_past_its_time_limit_is_killed_and_fails_the_vm_tests(tmp_path):

@@ -36,6 +36,7 @@ from _pytest.reports import TestReport
 IN_VM = "ETMEM_IN_VM"
 RESULTS = "ETMEM_VM_RESULTS"
 TEST_KERNEL = "bzImage-6.12.117-etmem"
+_GUEST_UP = re.compile(r"^vm: guest up ([0-9.]+) s", re.M)
 # The group takes 4-5 minutes here, but runs of the same tests on this shared machine took up
 # to twice as long: the guard leaves room for that and still ends a hung guest.
 DEFAULT_TIMEOUT = 720
@@ -240,34 +241,19 @@ class GuestRun:
             reporter.write_line(f"vm: booting {self.kernel.name} for {len(self.nodeids)} tests; "
                                 f"guest console in {self.workdir}/console.txt")
         t0 = time.monotonic()
-        # Output goes through a pipe: vng loses the guest's output when stdout is a file.
-        proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                stderr=subprocess.STDOUT, start_new_session=True)
-        chunks: list[bytes] = []
-        console_path = os.path.join(self.workdir, "console.txt")
-
-        def copy_console():  # as it comes, so `tail -f console.txt` shows a running guest
-            with open(console_path, "wb") as log:
-                for chunk in iter(lambda: proc.stdout.read1(65536), b""):
-                    chunks.append(chunk)
-                    log.write(chunk)
-                    log.flush()
-
-        reader = threading.Thread(target=copy_console, daemon=True)
-        reader.start()
-        try:
-            self.exit_status = proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)  # our own vng session: vng and its QEMU
-            proc.wait()
-            self.exit_status = None
-        except BaseException:  # Ctrl-C: the guest is in its own session and did not get it
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-            raise
-        reader.join(timeout=10)
+        self.exit_status, self.console = self._launch(cmd, timeout, "console.txt")
+        if self.exit_status is not None and not os.path.exists(results) and not _GUEST_UP.search(self.console):
+            # The guest never reached its command (seen once in CI's shape: vng exit 255 after
+            # 6 s, an empty console). Boot once more, verbose, so a second failure says why.
+            first = f"vng exit status {self.exit_status} after {time.monotonic() - t0:.0f} s"
+            if reporter is not None:
+                reporter.write_line(f"vm: the guest did not start its command ({first}); booting once more "
+                                    "with --verbose (console2.txt)")
+            cmd = [*cmd[:2], "--verbose", *cmd[2:]]
+            self.command = cmd
+            self.exit_status, second = self._launch(cmd, max(60.0, timeout - (time.monotonic() - t0)), "console2.txt")
+            self.console = f"{self.console}\n--- first boot: {first}; second boot, --verbose: ---\n{second}"
         self.seconds = time.monotonic() - t0
-        self.console = b"".join(chunks).decode(errors="replace")
         try:
             with open(os.path.join(self.workdir, "dmesg.txt")) as f:
                 self.dmesg = f.read()
@@ -279,6 +265,36 @@ class GuestRun:
         elif not os.path.exists(results) and not self.reports:
             self.broken = (f"the guest wrote no test results (vng exit status {self.exit_status}): "
                            "it did not boot or its pytest did not start")
+
+    def _launch(self, cmd: list[str], timeout: float, console_name: str) -> tuple[int | None, str]:
+        """Run vng once; (its exit status, or None when killed at the timeout; the console)."""
+        # Output goes through a pipe: vng loses the guest's output when stdout is a file.
+        proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT, start_new_session=True)
+        chunks: list[bytes] = []
+        console_path = os.path.join(self.workdir, console_name)
+
+        def copy_console():  # as it comes, so `tail -f console.txt` shows a running guest
+            with open(console_path, "wb") as log:
+                for chunk in iter(lambda: proc.stdout.read1(65536), b""):
+                    chunks.append(chunk)
+                    log.write(chunk)
+                    log.flush()
+
+        reader = threading.Thread(target=copy_console, daemon=True)
+        reader.start()
+        try:
+            status = proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)  # our own vng session: vng and its QEMU
+            proc.wait()
+            status = None
+        except BaseException:  # Ctrl-C: the guest is in its own session and did not get it
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+            raise
+        reader.join(timeout=10)
+        return status, b"".join(chunks).decode(errors="replace")
 
     def _read_results(self, path: str) -> None:
         try:
@@ -345,7 +361,7 @@ class GuestRun:
             counts[outcome] = counts.get(outcome, 0) + 1
         ran = sum(n for k, n in counts.items() if k != "not run")
         detail = ", ".join(f"{n} {k}" for k, n in sorted(counts.items()))
-        booted = re.search(r"^vm: guest up ([0-9.]+) s", self.console, re.M)
+        booted = _GUEST_UP.search(self.console)
         boot = f" (pytest started at {float(booted.group(1)):.0f} s guest time)" if booted else ""
         lines = [f"vm: {ran} tests executed in the guest ({detail}); kernel {self.kernel}; "
                  f"boot and run {self.seconds:.0f} s{boot}; vng exit status {self.exit_status}"]
