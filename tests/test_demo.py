@@ -43,6 +43,7 @@ def test_demo_help_lists_its_knobs():
     (["--zram-mb", "0"], "--zram-mb must be at least 1"),
     (["--total-mb", str(1 << 40), "--hot-mb", "8"], "does not fit"),
     (["--loop", "200"], "[project] loop=200: must be an integer from 1 to 120"),
+    (["--sleep", "0"], "[project] sleep=0: must be an integer from 1 to 1200"),
 ])
 def test_bad_knobs_get_one_clear_line_and_leave_nothing_behind(need_root, args, says):
     zram_before = sorted(os.listdir("/sys/block"))

@@ -1,5 +1,6 @@
 """`etmem kernel`: the running kernel's offer, as the library's own probes see it."""
 import json
+import os
 import subprocess
 
 from etmem import kernel, procfs, zram
@@ -15,6 +16,13 @@ def run(*args):
 
 def test_json_reports_what_the_probes_say():
     r = json.loads(run("-o", "json"))
+    # facts read here independently of etmem's probes
+    assert r["kernel"] == os.uname().release and r["root"] == (os.geteuid() == 0)
+    with open("/proc/swaps") as f:
+        assert [d["name"] for d in r["swap_devices"]] == [line.split()[0] for line in f.read().splitlines()[1:]]
+    major, minor = (int(x) for x in os.uname().release.split(".")[:2])
+    assert (r["swap_out"]["process_madvise"] is None) == ((major, minor) >= (5, 10))
+    # and the same answers as the library's probes
     assert r["scanner_sources"] == available_sources()
     assert r["scanner_auto"] == choose_source("auto")
     assert (r["swap_out"]["process_madvise"] is None) == kernel.has_process_madvise()

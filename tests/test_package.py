@@ -1,6 +1,8 @@
 """The installed package: version, console scripts, compiled extension."""
 import subprocess
 
+import pytest
+
 import etmem
 
 
@@ -22,3 +24,12 @@ def test_zram_and_workload_fixtures_work(need_root, zram_swap, workload_factory)
     present, swapped = pagemap_bits(w.pid, *w.cold)
     assert present.all() and not swapped.any()
     assert w.verify()
+
+
+def test_every_public_name_imports_on_first_use_and_nothing_else_does():
+    import etmem
+    for name in etmem.__all__:
+        assert getattr(etmem, name) is not None, name
+    assert set(etmem.__all__) == set(etmem._HOME) | {"__version__"}
+    with pytest.raises(AttributeError, match="no attribute 'Nope'"):
+        etmem.Nope

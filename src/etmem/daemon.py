@@ -266,19 +266,14 @@ class Daemon:
             return
         try:
             data = self._read_request(conn)
+            log.debug("request from %s: %r", peer, data)
+            request = protocol.decode_request(data)
         except ProtocolError as e:
             log.warning("bad request from %s: %s", peer, e)
             self._reply(conn, protocol.error_text(str(e)), ok=False)
             return
         except OSError as e:
             log.warning("reading the request from %s failed: %s", peer, e)
-            return
-        log.debug("request from %s: %r", peer, data)
-        try:
-            request = protocol.decode_request(data)
-        except ProtocolError as e:
-            log.warning("bad request from %s: %s", peer, e)
-            self._reply(conn, protocol.error_text(str(e)), ok=False)
             return
         text, ok = self.execute(request, peer)
         self._reply(conn, text, ok)

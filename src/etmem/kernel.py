@@ -129,5 +129,6 @@ def missing(feature: str) -> str:
         "page_idle": f"{PAGE_IDLE_BITMAP} is missing: the kernel needs CONFIG_IDLE_PAGE_TRACKING=y",
         "damon": f"{DAMON_ADMIN} with the 'vaddr' operations is missing: the kernel needs CONFIG_DAMON_SYSFS=y and CONFIG_DAMON_VADDR=y",
         "process_madvise": "process_madvise(2) is missing: the kernel needs Linux 5.10 or newer",
+        "pidfd": "pidfd_open(2) is missing: the kernel needs Linux 5.3 or newer",
         "swap": "no swap device is active: add one (a zram device or a partition, see docs/swap.md)",
     }[feature]

@@ -29,7 +29,7 @@ def _pidfd_open(pid: int) -> int:
     if err == errno.ESRCH:
         raise ProcessGone(f"process {pid} does not exist (it may have exited)")
     if err == errno.ENOSYS:
-        raise KernelFeatureMissing("pidfd_open(2) is missing: the kernel needs Linux 5.3 or newer")
+        raise KernelFeatureMissing(kernel.missing("pidfd"))
     if err == errno.EINVAL:  # pid <= 0, or a thread id that is not a thread-group leader
         raise ProcessGone(f"{pid} is not a process id (a thread id or an invalid number)")
     raise EtmemError(f"pidfd_open({pid}) failed: {os.strerror(err)}")

@@ -186,6 +186,11 @@ def available_sources(opener=None) -> dict[str, str | None]:
     return out
 
 
+def best_source(available: dict[str, str | None]) -> str | None:
+    """What "auto" picks from available_sources(): the first usable of SOURCES, or None."""
+    return next((name for name in SOURCES if available.get(name) is None), None)
+
+
 def choose_source(requested: str = "auto", opener=None) -> str:
     """The source to use: requested if usable, or the best usable one for "auto".
 
@@ -199,9 +204,9 @@ def choose_source(requested: str = "auto", opener=None) -> str:
         if avail[requested]:
             raise KernelFeatureMissing(f"scanner source {requested!r} is not available: {avail[requested]}")
         return requested
-    for name in SOURCES:
-        if avail[name] is None:
-            return name
+    best = best_source(avail)
+    if best is not None:
+        return best
     raise KernelFeatureMissing("no scanner source is available: " +
                                "; ".join(f"{k}: {v}" for k, v in avail.items()))
 
@@ -693,7 +698,7 @@ class _DamonSource(_Source):
                     log.warning("could not remove etmem's kdamond: %s", exc.strerror or exc)
                 _OUR_KDAMONDS.discard("0")
                 self.kd = None
-        if getattr(self, "turn", False):
+        if self.turn:
             self.turn = False
             _DAMON_TURN.release()
 

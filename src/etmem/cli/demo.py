@@ -16,7 +16,7 @@ import time
 from .. import kernel, procfs, zram
 from ..errors import EtmemError
 from ..model import Manager, Project
-from ..scan import SOURCES, available_sources, read_pagemap
+from ..scan import SOURCES, available_sources, best_source, read_pagemap
 from ..workload import Workload
 
 MiB = 1 << 20
@@ -69,8 +69,12 @@ class _Snapshot:
 
 
 def _bad_sizes(args: argparse.Namespace) -> str | None:
-    """Why these knobs cannot run here, or None: sizes must fit the memory that is free."""
-    for name in ("total_mb", "rounds", "loop", "sleep", "interval"):
+    """Why the demo's own knobs cannot run here, or None: sizes must fit the free memory.
+
+    loop, sleep, interval and T are the project's and task's keys; their config rules
+    (docs/config.md) check them when the project is built, before anything is started.
+    """
+    for name in ("total_mb", "rounds"):
         if getattr(args, name) < 1:
             return f"--{name.replace('_', '-')} must be at least 1"
     if not 0 < args.hot_mb < args.total_mb:
@@ -151,7 +155,7 @@ def main(args: argparse.Namespace) -> int:
 
 
 def _auto(sources: dict) -> str:
-    name = next((name for name in SOURCES if sources.get(name) is None), "none")
+    name = best_source(sources) or "none"
     if name == "smaps":   # the coarse fallback: say where the per-page sources went
         name += " (per VMA; `etmem kernel` shows what the per-page sources need)"
     return name

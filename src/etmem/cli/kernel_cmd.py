@@ -9,7 +9,7 @@ import json
 import os
 
 from .. import kernel, procfs, zram
-from ..scan import SOURCES, available_sources
+from ..scan import available_sources, best_source
 
 
 def set_argparser(parser: argparse.ArgumentParser) -> None:
@@ -22,7 +22,7 @@ def set_argparser(parser: argparse.ArgumentParser) -> None:
 def report() -> dict:
     """Everything `etmem kernel` shows, as data: name -> None (usable) or why not."""
     sources = available_sources()
-    auto = next((name for name in SOURCES if sources[name] is None), None)
+    auto = best_source(sources)
     swap = procfs.swap_devices()
     nodes = procfs.memory_nodes()
     return {
@@ -34,7 +34,7 @@ def report() -> dict:
             "swap_pages": None if kernel.has_swap_pages() else kernel.missing("swap_pages"),
             "process_madvise": None if kernel.has_process_madvise() else kernel.missing("process_madvise"),
         },
-        "pidfd": None if kernel.has_pidfd() else "pidfd_open(2) is missing: the kernel needs Linux 5.3 or newer",
+        "pidfd": None if kernel.has_pidfd() else kernel.missing("pidfd"),
         "swap_devices": [{"name": d["name"], "size_kb": d["size_kb"], "used_kb": d["used_kb"],
                           "priority": d["priority"]} for d in swap],
         "zram": zram.missing_reason(),
