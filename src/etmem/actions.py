@@ -23,6 +23,7 @@ import numpy as np
 
 from . import kernel, procfs
 from .errors import EtmemError, ProcessGone
+from .kernel.abi import MADV_PAGEOUT, RECLAIM_SWAPCACHE_ON, SET_SWAPCACHE_WMARK, SYS_move_pages, SYS_process_madvise, libc
 from .pages import PAGE, page_addresses, union
 from .process import ProcessHandle
 from .stats import CallCounters, errno_name
@@ -30,23 +31,11 @@ from .stats import CallCounters, errno_name
 log = logging.getLogger("etmem.actions")
 
 IOV_MAX = 1024              # process_madvise refuses more iovecs per call (EINVAL)
-MADV_PAGEOUT = 21
 MPOL_MF_MOVE = 1 << 1       # move pages mapped only by this process
 MOVE_BATCH = 16384          # pages per move_pages call: bounds the pid window and the arrays
 SWAP_PAGES_WRITE = 4096     # bytes per write to /proc/PID/swap_pages, whole lines only
 SWAP_LINE = 19              # "0x" + 16 hex digits + "\n"
 QUOTA_SKIPPED = -errno.EDQUOT   # move_pages status of a page left out because the quota ran out
-
-# RECLAIM_SWAPCACHE ioctls of openEuler's etmem_swap: _IOW(0x77, nr, unsigned int)
-_IOC_WRITE = 1
-
-
-def _iow(magic: int, nr: int, size: int) -> int:
-    return (_IOC_WRITE << 30) | (size << 16) | (magic << 8) | nr
-
-
-RECLAIM_SWAPCACHE_ON = _iow(0x77, 1, 4)
-SET_SWAPCACHE_WMARK = _iow(0x77, 2, 4)
 
 IOVEC = np.dtype([("base", "<u8"), ("len", "<u8")])
 
@@ -289,7 +278,7 @@ _STOP_ERRNOS = {errno.EPERM: "permission denied (swap-out of another process nee
 
 def _pageout_madvise(target: ProcessHandle, iov: np.ndarray, counters: CallCounters, result: SwapResult) -> None:
     """process_madvise(MADV_PAGEOUT) over iov, IOV_MAX entries per call; per-range errors skip that range."""
-    syscall = kernel.libc.syscall
+    syscall = libc.syscall
     base = iov.ctypes.data
     lens = iov["len"]
     n = iov.size
@@ -301,7 +290,7 @@ def _pageout_madvise(target: ProcessHandle, iov: np.ndarray, counters: CallCount
     while pos < n:
         count = min(IOV_MAX, n - pos)
         batch_bytes = int(ends_at[pos + count] - ends_at[pos])
-        rc = syscall(kernel.SYS_process_madvise, target.fd, ctypes.c_void_p(base + pos * IOVEC.itemsize),
+        rc = syscall(SYS_process_madvise, target.fd, ctypes.c_void_p(base + pos * IOVEC.itemsize),
                      ctypes.c_size_t(count), MADV_PAGEOUT, 0)
         result.calls += 1
         if rc >= 0:
@@ -403,10 +392,10 @@ def _page_addrs(addrs) -> np.ndarray:
 
 def _move_pages_call(pid: int, pages: np.ndarray, nodes: np.ndarray | None, status: np.ndarray) -> int:
     """One move_pages(2); returns 0 or the errno."""
-    rc = kernel.libc.syscall(kernel.SYS_move_pages, pid, ctypes.c_ulong(pages.size),
-                             ctypes.c_void_p(pages.ctypes.data),
-                             None if nodes is None else ctypes.c_void_p(nodes.ctypes.data),
-                             ctypes.c_void_p(status.ctypes.data), MPOL_MF_MOVE)
+    rc = libc.syscall(SYS_move_pages, pid, ctypes.c_ulong(pages.size),
+                      ctypes.c_void_p(pages.ctypes.data),
+                      None if nodes is None else ctypes.c_void_p(nodes.ctypes.data),
+                      ctypes.c_void_p(status.ctypes.data), MPOL_MF_MOVE)
     return 0 if rc >= 0 else ctypes.get_errno()
 
 

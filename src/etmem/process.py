@@ -17,12 +17,13 @@ import select
 
 from . import kernel, procfs
 from .errors import EtmemError, KernelFeatureMissing, ProcessGone
+from .kernel.abi import SYS_pidfd_open, libc
 
 log = logging.getLogger("etmem.process")
 
 
 def _pidfd_open(pid: int) -> int:
-    fd = kernel.libc.syscall(kernel.SYS_pidfd_open, ctypes.c_int(pid), ctypes.c_uint(0))
+    fd = libc.syscall(SYS_pidfd_open, ctypes.c_int(pid), ctypes.c_uint(0))
     if fd >= 0:
         return fd
     err = ctypes.get_errno()

@@ -25,14 +25,12 @@ import numpy as np
 
 from .. import procfs
 from ..errors import EtmemError
+from ..kernel.abi import SCAN_AS_HUGE, SCAN_IGN_HOST, VMA_SCAN_FLAG, libc
 
 log = logging.getLogger("etmem.legacy")
 
 THIRDPARTY_ENGINE = 7
 SCAN_TYPES = {"page": 0, "region": 1, "psi": 2}
-SCAN_AS_HUGE = 0o100000000
-SCAN_IGN_HOST = 0o200000000
-VMA_SCAN_FLAG = 0x1000
 PAGE_TYPES = {4096: 0, 2 << 20: 1, 1 << 30: 2}  # PTE, PMD, PUD
 
 
@@ -157,7 +155,6 @@ Vma._fields_ = [
 
 # --- libc and GLib -----------------------------------------------------------------
 
-libc = ctypes.CDLL(None, use_errno=True)
 libc.calloc.restype = c_void_p
 libc.calloc.argtypes = [ctypes.c_size_t, ctypes.c_size_t]
 libc.malloc.restype = c_void_p

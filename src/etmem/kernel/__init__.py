@@ -1,7 +1,8 @@
 """What the running kernel offers: the one place that probes for features.
 
 The rest of the code asks `kernel.has_page_idle()` and friends, and puts the
-`*_missing()` sentence into its error when the answer is no.
+`missing()` sentence into its error when the answer is no. The numbers etmem calls
+the kernel with (syscalls, ioctls, flags) and the libc handle live in `kernel.abi`.
 """
 from __future__ import annotations
 
@@ -10,20 +11,17 @@ import errno
 import functools
 import os
 
-SYS_pidfd_open = 434
-SYS_process_madvise = 440
-SYS_move_pages = 279
+from .abi import MADV_PAGEOUT, SYS_move_pages, SYS_pidfd_open, SYS_process_madvise, libc
+
+__all__ = [
+    "DAMON_ADMIN", "PAGE_IDLE_BITMAP", "damon_operations", "has_page_idle", "has_pidfd",
+    "has_process_madvise", "has_swap_pages", "kernel_config", "missing", "swap_active",
+    # from kernel.abi, also here: callers use kernel.libc and kernel.SYS_*
+    "SYS_move_pages", "SYS_pidfd_open", "SYS_process_madvise", "libc",
+]
 
 PAGE_IDLE_BITMAP = "/sys/kernel/mm/page_idle/bitmap"
 DAMON_ADMIN = "/sys/kernel/mm/damon/admin"
-
-libc = ctypes.CDLL(None, use_errno=True)
-libc.syscall.restype = ctypes.c_long
-
-
-def has_idle_pages(pid: int | None = None) -> bool:
-    """openEuler's etmem_scan module: /proc/PID/idle_pages."""
-    return os.path.exists(f"/proc/{pid or 'self'}/idle_pages")
 
 
 def has_swap_pages(pid: int | None = None) -> bool:
@@ -100,7 +98,7 @@ def has_process_madvise() -> bool:
     if pidfd < 0:
         return False
     try:
-        rc = libc.syscall(SYS_process_madvise, pidfd, None, 0, 21, 0)
+        rc = libc.syscall(SYS_process_madvise, pidfd, None, 0, MADV_PAGEOUT, 0)
         return rc >= 0 or ctypes.get_errno() != errno.ENOSYS
     finally:
         os.close(pidfd)
