@@ -156,7 +156,7 @@ def test_a_demotion_the_kernel_refuses_is_reported_and_pages_stay_on_node_0(need
     assert calls["move_pages"]["errors"] == {"ENODEV": 1} and calls["move_pages_query"]["calls"] >= 1
     with ProcessHandle.open(w.pid) as h:
         assert (SystemNodes().page_nodes(h, np.arange(w.cold[0], w.cold[1], PAGE, dtype=np.uint64), CallCounters()) == 0).all()
-    by_node = engine.strategy.task_pages(task)
+    by_node = engine.strategy.task_pages(task.view)
     assert list(by_node) == [0]
     assert by_node[0]["hot_kb"] >= 8 * 1024 and by_node[0]["cold_kb"] >= 32 * 1024
     assert task.stats.extra["cslide"]["demoted_pages"] == 0
@@ -206,7 +206,7 @@ def test_targets_are_resolved_again_every_round(need_root, one_more_node):
         stop_named(second)
 
 
-def test_one_worker_thread_runs_the_rounds_of_every_task_of_the_engine(need_root, one_more_node, workload_factory):
+def test_one_round_timer_runs_the_rounds_of_every_task_of_the_engine(need_root, one_more_node, workload_factory):
     a, b = workload_factory(total_mb=16, hot_mb=4), workload_factory(total_mb=16, hot_mb=4)
     project, engine = cslide_project(hot_threshold=0, reserve=0)
     ta = engine.add_task("a", "pid", a.pid, anon_only="yes")

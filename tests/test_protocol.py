@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 from etmem import protocol
 from etmem.protocol import Command, ProtocolError, Reply, Request
 
-# Bytes observed from upstream's C client (UPSTREAM.md §2).
+# Bytes observed from upstream's C client: one ASCII request line, absent values sent as "-", no newline.
 UPSTREAM_OBJ_ADD = b"proj_name - file_name /etc/etmem/a.conf cmd 0 eng_name - eng_cmd - task_name -"
 UPSTREAM_SHOW_ALL = b"proj_name - file_name - cmd 4 eng_name - eng_cmd - task_name -"
 UPSTREAM_START = b"proj_name proj1 file_name - cmd 2 eng_name - eng_cmd - task_name -"

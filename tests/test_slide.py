@@ -181,11 +181,11 @@ def test_sysmem_threshold_gates_the_round(real, workload_factory):
     table, emu = emulate(w)
     manager, task = slide_task(w.pid, "idle_pages", loop=1, T=1, opener=emu.opener, project_keys={"sysmem_threshold": 0})
     task.run_round()
-    assert "not below sysmem_threshold=0%" in task.stats.extra["skipped"]
+    assert "not below sysmem_threshold=0%" in task.stats.skipped
     assert swapped_fraction(w.pid, *w.cold) == 0.0
     manager, task = slide_task(w.pid, "idle_pages", loop=1, T=1, opener=emu.opener, project_keys={"sysmem_threshold": 100})
     task.run_round()
-    assert "skipped" not in task.stats.extra and swapped_fraction(w.pid, *w.cold) == 1.0
+    assert task.stats.skipped is None and swapped_fraction(w.pid, *w.cold) == 1.0
 
 
 def test_swap_threshold_leaves_small_processes_alone(real, workload_factory):
@@ -193,7 +193,7 @@ def test_swap_threshold_leaves_small_processes_alone(real, workload_factory):
     table, emu = emulate(w)
     manager, task = slide_task(w.pid, "idle_pages", loop=1, T=1, opener=emu.opener, swap_threshold="10g")
     task.run_round()
-    assert "not above swap_threshold" in task.stats.extra["last_round"][0]["skipped"]
+    assert "not above swap_threshold" in task.stats.last_round[0].skipped
     assert swapped_fraction(w.pid, *w.cold) == 0.0
     manager, task = slide_task(w.pid, "idle_pages", loop=1, T=1, opener=emu.opener, swap_threshold="1m")
     task.run_round()
@@ -217,15 +217,15 @@ def test_refault_guard_halves_the_next_round_when_swapped_pages_come_back(real, 
     table.set(*w.hot, state=IDLE)                     # a wrong verdict: the busy hot set looks idle
     manager, task = slide_task(w.pid, "idle_pages", loop=1, T=1, opener=emu.opener)
     task.run_round()
-    first = task.stats.extra["last_round"][0]
-    assert first["swapped"] >= 40 * MiB // PAGE       # hot set and cold set went out
+    first = task.stats.last_round[0]
+    assert first.swapped >= 40 * MiB // PAGE       # hot set and cold set went out
     time.sleep(0.5)                                   # the workload faults its hot set back in
     table.set(*w.hot, state=IDLE)
     with caplog.at_level("WARNING", logger="etmem.slide"):
         task.run_round()
-    second = task.stats.extra["last_round"][0]
-    assert second["refaulted"] >= 30 * MiB // PAGE and task.stats.refaults == second["refaulted"]
-    assert second["chosen"] <= first["chosen"] // 2
+    second = task.stats.last_round[0]
+    assert second.refaulted >= 30 * MiB // PAGE and task.stats.refaults == second.refaulted
+    assert second.chosen <= first.chosen // 2
     assert "came back" in caplog.text and "this round swaps at most" in caplog.text
     assert w.verify()
 
@@ -344,5 +344,5 @@ def test_one_process_is_never_scanned_by_two_tasks_at_once(real, workload_factor
         time.sleep(0.01)
     second.run_round()
     runner.join()
-    assert "being scanned by another task" in second.stats.extra["last_round"][0]["skipped"]
-    assert first.stats.extra["last_round"][0]["skipped"] is None
+    assert "being scanned by another task" in second.stats.last_round[0].skipped
+    assert first.stats.last_round[0].skipped is None

@@ -5,6 +5,8 @@ A Python re-creation of openEuler's etmem. The public API is listed in
 """
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 __version__ = "0.1.0"
 
 # The public names, imported from their modules on first use (PEP 562): `etmem`'s own
@@ -16,12 +18,24 @@ _HOME = {
     "ObjectError": "errors", "ProcessGone": "errors",
     "hookimpl": "hookspecs",
     "ConfigFile": "loader", "load_config": "loader",
-    "Engine": "model", "Manager": "model", "Project": "model", "Task": "model", "TaskStats": "model",
+    "Engine": "model", "Manager": "model", "Project": "model", "Task": "model",
     "ProcessHandle": "process", "resolve_targets": "process",
     "PageRefs": "scan", "Scanner": "scan", "ScanError": "scan", "available_sources": "scan",
-    "CallCounters": "stats",
-    "Strategy": "strategy",
+    "CallCounters": "stats", "RoundResult": "stats", "TargetResult": "stats", "TaskStats": "stats",
+    "EngineView": "strategy", "Strategy": "strategy", "TaskView": "strategy", "each_target": "strategy",
+    "held_targets": "strategy",
 }
+
+if TYPE_CHECKING:  # what type checkers and IDEs see; at run time names load on first use
+    from .actions import ActionError, move_pages, page_nodes, swap_out
+    from .errors import ConfigError, EtmemError, KernelFeatureMissing, ObjectError, ProcessGone
+    from .hookspecs import hookimpl
+    from .loader import ConfigFile, load_config
+    from .model import Engine, Manager, Project, Task
+    from .process import ProcessHandle, resolve_targets
+    from .scan import PageRefs, ScanError, Scanner, available_sources
+    from .stats import CallCounters, RoundResult, TargetResult, TaskStats
+    from .strategy import EngineView, Strategy, TaskView, each_target, held_targets
 
 
 def __getattr__(name: str):
@@ -54,15 +68,21 @@ __all__ = [
     "ConfigError",
     "ConfigFile",
     "Engine",
+    "EngineView",
     "EtmemError",
     "KernelFeatureMissing",
     "Manager",
     "ObjectError",
     "ProcessGone",
     "Project",
+    "RoundResult",
     "Strategy",
+    "TargetResult",
     "Task",
     "TaskStats",
+    "TaskView",
+    "each_target",
+    "held_targets",
     "hookimpl",
     "load_config",
 ]

@@ -2,47 +2,26 @@
 
 This is the one object model behind every face of etmem: Python programs
 drive a `Manager` directly, the daemon is a thin socket shell around one, and
-the CLI talks to the daemon. A project holds engines, an engine holds tasks,
-and each started task runs its engine's rounds on a thread of its own.
+the CLI talks to the daemon. A project holds engines, an engine holds tasks;
+started tasks run their engine's rounds on the round timer (rounds.py). Engines
+see only the views of the plugin API (strategy.py), never these objects.
 """
 from __future__ import annotations
 
 import logging
 import threading
-import time
 from typing import Any, Callable, Iterable
-
-import attrs
 
 from . import config, loader
 from .config import ProjectSpec
 from .errors import ConfigError, EtmemError, ObjectError
 from .loader import ConfigFile, EngineConfig, TaskConfig
 from .plugins import Plugins, default_plugins
+from .rounds import RoundTimer
+from .stats import TaskStats
+from .strategy import EngineView, TaskView
 
 log = logging.getLogger("etmem")
-
-
-@attrs.define
-class TaskStats:
-    """What a task has done so far; engines update the fields that apply to them."""
-
-    rounds: int = 0
-    targets: int = 0
-    pages_scanned: int = 0
-    cold_pages: int = 0
-    pages_swapped: int = 0
-    refaults: int = 0
-    last_error: str | None = None
-    source: str | None = None
-    last_round_seconds: float | None = None
-    extra: dict = attrs.field(factory=dict)
-    calls: Any = None  # etmem.stats.CallCounters of the task's kernel calls, when the engine keeps them
-
-    def as_dict(self) -> dict:
-        out = attrs.asdict(self, filter=lambda a, v: a.name != "calls")
-        out["calls"] = self.calls.as_dict() if self.calls is not None else {}
-        return out
 
 
 def _where(origin: config.Origin | None) -> str:
@@ -68,7 +47,8 @@ class Project:
         self.engines: dict[str, Engine] = {}
         self.started = False
         self.origin: config.Origin | None = None
-        self._lock = threading.RLock()
+        self.shared: dict = {}   # what the engines of this project share (EngineView.shared)
+        self.lock = threading.RLock()   # guards the project's engines, their tasks and `started`
 
     @property
     def name(self) -> str:
@@ -80,12 +60,27 @@ class Project:
     def add_engine(self, name: str, **keys) -> "Engine":
         """Make an engine of type `name` (slide, cslide, ...) in this project."""
         engine = Engine(self, name, **keys)
-        with self._lock:
+        try:
+            self.attach_engine(engine)
+        except ObjectError:
+            engine.close()
+            raise
+        return engine
+
+    def attach_engine(self, engine: "Engine") -> None:
+        """Make an engine built for this project one of its engines."""
+        with self.lock:
             if engine.name in self.engines:
-                engine.strategy.close()
                 raise ObjectError(f"engine {engine.name} already exists in project {self.name}")
             self.engines[engine.name] = engine
-        return engine
+
+    def remove_engine(self, name: str) -> None:
+        """Stop the engine's tasks, remove them and the engine, and release what it holds."""
+        with self.lock:
+            engine = self.engine(name)
+            del self.engines[name]
+        engine.stop_tasks()
+        engine.close()
 
     def engine(self, name: str) -> "Engine":
         try:
@@ -99,7 +94,7 @@ class Project:
 
     def start(self) -> None:
         """Start every task; on a failure the ones already started are stopped again."""
-        with self._lock:
+        with self.lock:
             if self.started:
                 raise ObjectError(f"project {self.name} is already started")
             done: list[Task] = []
@@ -115,13 +110,14 @@ class Project:
             log.info("project %s started (%d tasks)", self.name, len(done))
 
     def stop(self) -> None:
-        with self._lock:
+        with self.lock:
             if not self.started:
                 raise ObjectError(f"project {self.name} is not started")
-            for task in self.tasks:
-                task.stop()
             self.started = False
-            log.info("project %s stopped", self.name)
+            tasks = self.tasks
+        for task in tasks:
+            task.stop()
+        log.info("project %s stopped", self.name)
 
     def show(self) -> dict:
         rows = []
@@ -132,7 +128,7 @@ class Project:
 
 
 class Engine:
-    """One configured engine of a project: a Strategy instance and its tasks."""
+    """One configured engine of a project: a Strategy instance, its tasks and its round timers."""
 
     def __init__(self, project: Project, name: str | None = None, *, config: EngineConfig | None = None, **keys):
         if config is None:
@@ -145,7 +141,11 @@ class Engine:
         self.keys = config.keys
         self.extra = config.extra
         self.tasks: dict[str, Task] = {}
-        self.strategy = config.strategy(self)
+        self.view = EngineView(self.name, self.kind, config.keys, config.extra, project.spec,
+                               config.origin, shared=project.shared)
+        self.strategy = config.strategy(self.view)
+        self.schedule = self.strategy.schedule
+        self._timer: RoundTimer | None = None   # schedule "engine": one timer for every task
 
     def __repr__(self) -> str:
         return f"<Engine {self.name} ({self.kind}) of {self.project.name} tasks={list(self.tasks)}>"
@@ -153,14 +153,47 @@ class Engine:
     def add_task(self, name: str, type: str, value: Any, **keys) -> "Task":
         """Make a task of this engine; it starts at once when the project is started."""
         task = Task(self, name, type, value, **keys)
-        with self.project._lock:
-            if task.name in self.tasks:
-                raise ObjectError(f"task {task.name} already exists in engine {self.name} of project {self.project.name}")
-            self.strategy.add_task(task)
-            self.tasks[task.name] = task
-            if self.project.started:
-                task.start()
+        self.join(task)
+        self.attach_task(task)
         return task
+
+    def join(self, task: "Task") -> None:
+        """Let the strategy take the task on (it may refuse); not yet attached."""
+        self.strategy.add_task(task.view)
+
+    def attach_task(self, task: "Task") -> None:
+        """Make a joined task one of this engine's tasks, and start it if the project runs."""
+        with self.project.lock:
+            if task.name in self.tasks:
+                _quietly(self.strategy.remove_task, task.view)
+                raise ObjectError(f"task {task.name} already exists in engine {self.name} of project {self.project.name}")
+            self.tasks[task.name] = task
+            self.view.tasks.append(task.view)
+            start = self.project.started
+        if start:
+            task.start()
+
+    def remove_task(self, name: str) -> None:
+        """Stop the task and take it out of the engine."""
+        task = self.task(name)
+        task.stop()
+        with self.project.lock:
+            self.tasks.pop(name, None)
+            if task.view in self.view.tasks:
+                self.view.tasks.remove(task.view)
+        self.strategy.remove_task(task.view)
+
+    def stop_tasks(self) -> None:
+        for task in list(self.tasks.values()):
+            task.stop()
+
+    def close(self) -> None:
+        """Remove every task and release what the strategy holds (the engine is deleted)."""
+        for name in list(self.tasks):
+            _quietly(self.remove_task, name)
+        if self._timer is not None:
+            self._timer.close()
+        self.strategy.close()
 
     def task(self, name: str) -> "Task":
         try:
@@ -170,7 +203,23 @@ class Engine:
                               f"(it has: {', '.join(self.tasks) or 'none'})") from None
 
     def command(self, cmd: str, task: str | None = None) -> str:
-        return self.strategy.command(cmd, self.task(task) if task else None)
+        return self.strategy.command(cmd, self.task(task).view if task else None)
+
+    def timer_for(self, task: "Task") -> RoundTimer:
+        """The round timer a task's rounds run on: the engine's own, or the task's."""
+        interval = self.project.spec.interval or 1
+        if self.schedule == "engine":
+            if self._timer is None:
+                self._timer = RoundTimer(f"{self.project.name}-{self.name}", interval,
+                                         self.strategy.run_engine_round, self._finished)
+            return self._timer
+        if task._timer is None:
+            task._timer = RoundTimer(f"{self.project.name}-{self.name}-{task.name}", interval,
+                                     self.strategy.run_engine_round, self._finished)
+        return task._timer
+
+    def _finished(self, view: TaskView, stats: TaskStats) -> None:
+        self.project.plugins.round_finished(view, stats)
 
 
 class Task:
@@ -193,12 +242,9 @@ class Task:
         self.swap_flag = config.common.swap_flag
         self.keys = config.keys
         self.extra = config.extra
-        self.stats = TaskStats()
-        self.started = False
-        self.state: dict = {}  # the engine's memory between rounds
-        self._thread: threading.Thread | None = None
-        self._stop = threading.Event()
-        self._round_lock = threading.Lock()
+        self.view = TaskView(self.name, self.type, self.value, config.keys, config.extra, self.max_threads,
+                             self.swap_flag, engine.project.spec, engine.name)
+        self._timer: RoundTimer | None = None
 
     def __repr__(self) -> str:
         return f"<Task {self.name} {self.type}={self.value} of {self.engine.name}>"
@@ -207,54 +253,39 @@ class Task:
     def project(self) -> Project:
         return self.engine.project
 
+    @property
+    def stats(self) -> TaskStats:
+        return self.view.stats
+
+    @property
+    def started(self) -> bool:
+        return self.view.started
+
     def start(self) -> None:
-        if not self.started:
-            self.engine.strategy.start_task(self)
-            self.started = True
+        if self.view.started:
+            return
+        if self.engine.schedule == "self":
+            self.engine.strategy.start_task(self.view)
+        else:
+            self.engine.timer_for(self).add(self.view)
+        self.view.started = True
 
     def stop(self) -> None:
-        if self.started:
-            self.engine.strategy.stop_task(self)
-            self.started = False
-
-    # -- the default round scheduler used by Strategy.start_task ----------------
-    def start_rounds(self, round_fn: Callable) -> None:
-        """Run `round_fn(task, stop)` now and then every `interval` s after each round ends."""
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, args=(round_fn, self._stop),
-                                        name=f"etmem-{self.project.name}-{self.engine.name}-{self.name}", daemon=True)
-        self._thread.start()
-
-    def stop_rounds(self) -> None:
-        self._stop.set()
-        if self._thread is not None and self._thread is not threading.current_thread():
-            self._thread.join()
-        self._thread = None
-
-    def _loop(self, round_fn: Callable, stop: threading.Event) -> None:
-        interval = self.project.spec.interval or 1
-        while not stop.is_set():
-            self.run_round(round_fn, stop)
-            stop.wait(interval)
+        if not self.view.started:
+            return
+        self.view.started = False
+        if self.engine.schedule == "self":
+            self.engine.strategy.stop_task(self.view)
+        else:
+            self.engine.timer_for(self).remove(self.view)
 
     def run_round(self, round_fn: Callable | None = None, stop: threading.Event | None = None) -> TaskStats:
-        """Run one round now, on the calling thread; errors end up in stats.last_error."""
-        round_fn = round_fn or self.engine.strategy.run_round
-        stop = stop or threading.Event()
-        with self._round_lock:
-            began = time.monotonic()
-            try:
-                round_fn(self, stop)
-                self.stats.last_error = None
-            except EtmemError as exc:
-                self.stats.last_error = str(exc)
-                log.warning("task %s/%s/%s: %s", self.project.name, self.engine.name, self.name, exc)
-            except Exception as exc:  # an engine bug must not end the task's thread
-                self.stats.last_error = f"internal error: {type(exc).__name__}: {exc}"
-                log.exception("task %s/%s/%s: round failed", self.project.name, self.engine.name, self.name)
-            self.stats.rounds += 1
-            self.stats.last_round_seconds = round(time.monotonic() - began, 3)
-        self.project.plugins.round_finished(self, self.stats)
+        """Run one round now, on the calling thread; errors end up in stats.last_error.
+
+        round_fn(task_view, stop) stands in for the engine's run_round (for tests and experiments).
+        """
+        each = None if round_fn is None else (lambda tasks, s: {t: round_fn(t, s) for t in tasks})
+        self.engine.timer_for(self).run_now([self.view], stop, each)
         return self.stats
 
 
@@ -345,26 +376,21 @@ class Manager:
                         raise ObjectError(f"{_where(tc.origin)}[task] task {tc.name} already exists in engine {tc.engine} of project {tc.project}")
                     task_ids.add(ident)
                     task = Task(engine, config=tc)
-                    engine.strategy.add_task(task)
+                    engine.join(task)
                     new_tasks.append(task)
             except Exception:
                 for task in new_tasks:
-                    _quietly(task.engine.strategy.remove_task, task)
+                    _quietly(task.engine.strategy.remove_task, task.view)
                 for engine in new_engines:
-                    _quietly(engine.strategy.close)
+                    _quietly(engine.close)
                 raise
             # Everything is valid: attach it all.
             self.projects.update(new_projects)
             for engine in new_engines:
-                engine.project.engines[engine.name] = engine
-            started: list[Task] = []
+                engine.project.attach_engine(engine)
             for task in new_tasks:
-                task.engine.tasks[task.name] = task
-                if task.project.started:
-                    started.append(task)
-            for task in started:
                 try:
-                    task.start()
+                    task.engine.attach_task(task)
                 except EtmemError as exc:
                     task.stats.last_error = str(exc)
                     log.error("task %s could not start: %s", task.name, exc)
@@ -410,34 +436,19 @@ class Manager:
         return deleted
 
     def delete_task(self, project: str, engine: str, name: str) -> None:
-        with self._lock:
-            eng = self.project(project).engine(engine)
-            task = eng.task(name)
-            with eng.project._lock:
-                task.stop()
-                eng.strategy.remove_task(task)
-                del eng.tasks[name]
+        self.project(project).engine(engine).remove_task(name)
 
     def delete_engine(self, project: str, name: str) -> None:
-        with self._lock:
-            proj = self.project(project)
-            eng = proj.engine(name)
-            with proj._lock:
-                for task in list(eng.tasks.values()):
-                    task.stop()
-                    _quietly(eng.strategy.remove_task, task)
-                eng.tasks.clear()
-                _quietly(eng.strategy.close)
-                del proj.engines[name]
+        self.project(project).remove_engine(name)
 
     def delete_project(self, name: str) -> None:
         with self._lock:
             proj = self.project(name)
-            if proj.started:
-                proj.stop()
-            for engine_name in list(proj.engines):
-                self.delete_engine(name, engine_name)
             del self.projects[name]
+        if proj.started:
+            _quietly(proj.stop)
+        for engine_name in list(proj.engines):
+            _quietly(proj.remove_engine, engine_name)
 
     # -- running ----------------------------------------------------------------------
     def start(self, name: str) -> None:

@@ -1,13 +1,98 @@
-"""Counters for every kernel call a task makes, in the manner of memtierd's `stats`.
+"""What tasks did: a round's typed results, the task's running totals, and per-call kernel counters.
 
-One `CallCounters` per task: for each call name (process_madvise, swap_pages,
-move_pages, move_pages_query, ...) the number of calls, pages asked for, pages the
-kernel did, bytes done and errors by errno name. Thread-safe.
+Engines return a `RoundResult` (one `TargetResult` per target) from each round;
+`merge_round` is the one function that folds it into the task's `TaskStats`, which
+`project show`, `-o json`, the demo and the Python API all read. `CallCounters`
+counts every kernel call a task makes, in the manner of memtierd's `stats`.
 """
 from __future__ import annotations
 
 import errno as _errno
 import threading
+import attrs
+
+
+@attrs.define
+class TargetResult:
+    """What one round did to one target (a process; `pid` is None for other kinds of target).
+
+    Page figures are in 4 KiB pages. `detail` holds an engine's own figures about the
+    target (the refault source's sampling figures, a cgroup's pressure), shown as they are.
+    """
+
+    pid: int | None = None
+    scanned: int = 0      # pages seen resident by the scan
+    cold: int = 0         # of those, pages the engine's rule calls cold
+    chosen: int = 0       # cold pages chosen for action after limits
+    swapped: int = 0      # pages the kernel swapped out
+    refaulted: int = 0    # pages swapped out earlier that are resident again
+    source: str | None = None
+    skipped: str | None = None   # why nothing was done to this target
+    error: str | None = None
+    detail: dict = attrs.field(factory=dict)
+
+
+@attrs.define
+class RoundResult:
+    """What one round did for one task: its targets, or why the whole round did nothing."""
+
+    targets: list = attrs.field(factory=list)     # TargetResult
+    skipped: str | None = None
+    errors: list = attrs.field(factory=list)      # messages that are not about one target
+
+    def error_text(self) -> str | None:
+        """Every error of the round in one line, or None."""
+        texts = list(self.errors)
+        texts += [f"process {t.pid}: {t.error}" if t.pid is not None else t.error for t in self.targets if t.error]
+        return "; ".join(texts) or None
+
+
+@attrs.define
+class TaskStats:
+    """What a task has done so far; `merge_round` keeps it, engines may add to `extra`."""
+
+    rounds: int = 0
+    targets: int = 0
+    pages_scanned: int = 0
+    cold_pages: int = 0
+    pages_swapped: int = 0
+    refaults: int = 0
+    last_error: str | None = None
+    skipped: str | None = None
+    source: str | None = None
+    last_round_seconds: float | None = None
+    last_round: list = attrs.field(factory=list)   # TargetResult of the last round
+    extra: dict = attrs.field(factory=dict)        # an engine's own figures, shown as extra.KEY
+    calls: "CallCounters" = attrs.field(factory=lambda: CallCounters())
+
+    def as_dict(self) -> dict:
+        out = attrs.asdict(self, filter=lambda a, v: a.name != "calls")
+        out["calls"] = self.calls.as_dict()
+        return out
+
+
+def merge_round(stats: TaskStats, result: "RoundResult | None", seconds: float,
+                error: str | None = None) -> TaskStats:
+    """Fold one round into the task's totals (None: the engine kept its own figures)."""
+    stats.rounds += 1
+    stats.last_round_seconds = round(seconds, 3)
+    if result is None:
+        stats.last_error = error
+        return stats
+    stats.skipped = result.skipped
+    if result.skipped is None:
+        targets = result.targets
+        stats.targets = len(targets)
+        stats.pages_scanned += sum(t.scanned for t in targets)
+        stats.cold_pages += sum(t.cold for t in targets)
+        stats.pages_swapped += sum(t.swapped for t in targets)
+        stats.refaults += sum(t.refaulted for t in targets)
+        sources = sorted({t.source for t in targets if t.source})
+        if sources:
+            stats.source = ",".join(sources)
+        stats.last_round = list(targets)
+    stats.last_error = error or result.error_text()
+    return stats
 
 
 def errno_name(err: int) -> str:

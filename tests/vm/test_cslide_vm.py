@@ -99,7 +99,7 @@ def test_hot_pages_on_node_1_are_promoted_and_cold_pages_on_node_0_demoted_withi
         assert st["demoted_pages"] >= len(cold_nodes) * 0.99
         assert st["nodes"]["0"]["promoted_in"] == st["promoted_pages"]
         assert st["nodes"]["1"]["demoted_in"] == st["demoted_pages"]
-        pages = engine.strategy.task_pages(task)
+        pages = engine.strategy.task_pages(task.view)
         assert pages[1]["cold_kb"] >= 64 * 1024 * 0.99 - 24 * 1024
         assert w.verify(), "the data of both regions survived the moves"
 

@@ -17,6 +17,7 @@ from .. import kernel, procfs, zram
 from ..errors import EtmemError
 from ..model import Manager, Project
 from ..scan import SOURCES, available_sources, best_source, read_pagemap
+from ..stats import TargetResult
 from ..workload import Workload
 
 MiB = 1 << 20
@@ -176,9 +177,9 @@ def _follow(task, workload: Workload, rounds: int) -> None:
         seen = task.stats.rounds
         status = procfs.status(workload.pid)
         hot = read_pagemap(workload.pid, *workload.hot)["present"].mean()
-        last = task.stats.extra.get("last_round", [{}])[0]
-        line = (f"  round {seen}/{rounds}: scanned {_mib(last.get('scanned', 0) * 4096)}, cold {_mib(last.get('cold', 0) * 4096)}, "
-                f"swapped out {_mib(last.get('swapped', 0) * 4096)}; RSS {_mib(_kb(status.get('VmRSS')) << 10)}, "
+        last = task.stats.last_round[0] if task.stats.last_round else TargetResult()
+        line = (f"  round {seen}/{rounds}: scanned {_mib(last.scanned * 4096)}, cold {_mib(last.cold * 4096)}, "
+                f"swapped out {_mib(last.swapped * 4096)}; RSS {_mib(_kb(status.get('VmRSS')) << 10)}, "
                 f"swap {_mib(_kb(status.get('VmSwap')) << 10)}, hot set resident {100 * hot:.0f}% [{task.stats.source}]")
         print(("\r" + line.ljust(100)) if tty else line, flush=True)
         if tty:

@@ -1,7 +1,7 @@
 """cslide: keep hot pages on fast NUMA nodes and cold pages on slow ones (DRAM and PMEM / CXL).
 
-One worker thread per engine runs a round every `interval` s over all of its started
-tasks: resolve each task's targets again (pidfd handles), scan them `loop` times, find
+One round every `interval` s covers all of the engine's started tasks together (the
+round timer's per-engine schedule): resolve each task's targets again (pidfd handles), scan them `loop` times, find
 the node of every resident page (move_pages with no nodes), count hot and cold pages per
 node, let the placement policy (placement.py) choose moves per node pair within
 `node_mig_quota`, and move them with move_pages(2): demotions first, so promotions find
@@ -23,10 +23,10 @@ from ..actions import move_pages, page_nodes
 from ..config import Int, NodePairs, VmFlag, YesNo, key
 from ..errors import ConfigError, EtmemError, ObjectError
 from ..hookspecs import hookimpl
-from ..process import ProcessHandle, resolve_targets
+from ..process import ProcessHandle
 from ..scan import CLAIMS, PAGE, Scanner
-from ..stats import CallCounters, errno_name
-from ..strategy import Strategy
+from ..stats import CallCounters, RoundResult, TargetResult, errno_name
+from ..strategy import Strategy, held_targets
 from .keys import pmu_key
 from .placement import (DEMOTE_FOR_HOT, DEMOTE_FOR_RESERVE, HUGETLB, NORMAL, PREFETCH_WARM, PROMOTE_HOT,
                         NodeMemory, plan_moves)
@@ -88,11 +88,19 @@ class SystemNodes:
 
 
 @attrs.define
+class CslideState:
+    """What a cslide task remembers: its resident, hot and cold bytes per node in the last round."""
+
+    by_node: dict | None = None
+
+
+@attrs.define
 class _Target:
     """One target process of one task during a round, and its pages once scanned."""
 
     task: object
     handle: ProcessHandle
+    result: TargetResult
     source: str | None = None
     addr: np.ndarray | None = None
     count: np.ndarray | None = None
@@ -132,6 +140,7 @@ class Cslide(Strategy):
     engine_keys = CslideEngineKeys
     task_keys = CslideTaskKeys
     description = "place hot pages on fast NUMA nodes and cold pages on slow ones"
+    schedule = "engine"   # one plan over every task's pages: node memory is shared
 
     # Where kernel files are opened (tests route idle_pages / page_idle to emulations), and
     # the node view (tests describe a topology); None: the real ones.
@@ -142,11 +151,6 @@ class Cslide(Strategy):
         super().__init__(engine)
         self.nodes = self.node_view if self.node_view is not None else SystemNodes()
         self._check_nodes()
-        self._lock = threading.Lock()            # the set of started tasks and the worker
-        self._round_lock = threading.Lock()      # one round at a time, worker or caller
-        self._active: list = []
-        self._worker: threading.Thread | None = None
-        self._stop = threading.Event()
         self.last_round: dict = {}
 
     def _check_nodes(self) -> None:
@@ -154,140 +158,50 @@ class Cslide(Strategy):
         for pair in self.engine.keys.node_pair:
             for n in pair:
                 if n not in known:
-                    origin = getattr(self.engine.config, "origin", None)
+                    origin = self.engine.origin
                     raise ConfigError(f"names node {n}, but this machine has memory on nodes "
                                       f"{', '.join(str(k) for k in known) or 'none'}",
                                       getattr(origin, "path", None), getattr(origin, "line", None), "engine", "node_pair")
 
-    # -- tasks and the one worker ----------------------------------------------------
+    # -- tasks and rounds: one round over every started task of the engine --------------
     def add_task(self, task):
-        task.stats.calls = CallCounters()
         task.stats.extra["cslide"] = {"promoted_pages": 0, "demoted_pages": 0, "failed_pages": 0,
                                       "failed_by_errno": {}, "nodes": {}, "last_round": None}
-        task.state["by_node"] = None
+        task.state = CslideState()
 
-    def start_task(self, task):
-        with self._lock:
-            if task not in self._active:
-                self._active.append(task)
-            if self._worker is None or not self._worker.is_alive():
-                self._stop = threading.Event()
-                self._worker = threading.Thread(target=self._work, args=(self._stop,), daemon=True,
-                                                name=f"etmem-{self.engine.project.name}-{self.engine.name}")
-                self._worker.start()
-
-    def stop_task(self, task):
-        with self._lock:
-            if task in self._active:
-                self._active.remove(task)
-            worker, last = self._worker, not self._active
-            if last:
-                self._stop.set()
-                self._worker = None
-        if worker is threading.current_thread():
-            return
-        if last and worker is not None:
-            worker.join()
-        else:
-            with self._round_lock:  # a round that includes the task has ended
-                pass
-
-    def close(self):
-        with self._lock:
-            self._active.clear()
-            self._stop.set()
-            worker, self._worker = self._worker, None
-        if worker is not None and worker is not threading.current_thread():
-            worker.join()
-
-    def _work(self, stop: threading.Event) -> None:
-        interval = self.engine.project.spec.interval or 1
-        while not stop.is_set():
-            with self._lock:
-                tasks = list(self._active)
-            if not tasks:
-                break
-            began = time.monotonic()
-            try:
-                errors = self._engine_round(tasks, stop)
-            except Exception as exc:  # an engine bug must not end the worker
-                log.exception("cslide engine %s: round failed", self.engine.name)
-                errors = {t: [f"internal error: {type(exc).__name__}: {exc}"] for t in tasks}
-            seconds = round(time.monotonic() - began, 3)
-            for task in tasks:
-                stats = task.stats
-                stats.rounds += 1
-                stats.last_round_seconds = seconds
-                stats.last_error = "; ".join(errors.get(task, [])) or None
-                if stats.last_error:
-                    log.warning("task %s/%s/%s: %s", task.project.name, self.engine.name, task.name, stats.last_error)
-                self.engine.project.plugins.round_finished(task, stats)
-            stop.wait(interval)
-
-    def run_round(self, task, stop):
-        """One round for this task alone (Task.run_round); the worker runs all started tasks together."""
-        errors = self._engine_round([task], stop).get(task)
-        if errors:
-            raise EtmemError("; ".join(errors))
-
-    # -- one round ---------------------------------------------------------------------
-    def _engine_round(self, tasks, stop: threading.Event) -> dict:
+    def run_engine_round(self, tasks, stop: threading.Event) -> dict:
         errors: dict = {t: [] for t in tasks}
-        with self._round_lock:
-            targets = self._resolve(tasks, errors)
-            try:
-                timing = {}
+        with held_targets(tasks, errors) as held:
+            targets = [_Target(task, handle, TargetResult(handle.pid)) for task, handle in held]
+            timing = {}
+            t0 = time.monotonic()
+            self._scan(targets, stop)
+            active = [t for t in targets if t.result.skipped is None]
+            timing["scan_seconds"] = time.monotonic() - t0
+            if not stop.is_set():   # an incomplete round moves nothing
                 t0 = time.monotonic()
-                self._scan(targets, stop, errors)
-                timing["scan_seconds"] = time.monotonic() - t0
-                if stop.is_set():
-                    return errors   # an incomplete round moves nothing
-                t0 = time.monotonic()
-                self._query_nodes(targets, errors)
+                self._query_nodes(active)
                 timing["query_seconds"] = time.monotonic() - t0
-                self._round_on(tasks, targets, errors, timing)
-            finally:
-                for t in targets:
-                    t.handle.close()
-        return errors
+                self._round_on(tasks, active, timing)
+        return {task: RoundResult([t.result for t in targets if t.task is task], errors=errors[task]) for task in tasks}
 
-    def _resolve(self, tasks, errors) -> list[_Target]:
-        targets, seen = [], set()
-        for task in tasks:
-            try:
-                handles = resolve_targets(task.type, task.value)
-            except EtmemError as exc:
-                errors[task].append(str(exc))
-                continue
-            if not handles:
-                errors[task].append(f"no process named {task.value} is running")
-            for h in handles:
-                ident = (h.pid, h.start_time)
-                if ident in seen:   # an earlier task of this engine has it this round
-                    h.close()
-                    continue
-                seen.add(ident)
-                targets.append(_Target(task, h))
-            task.stats.targets = sum(1 for t in targets if t.task is task)
-        return targets
-
-    def _scan(self, targets: list[_Target], stop, errors) -> None:
+    def _scan(self, targets: list[_Target], stop) -> None:
         if not targets:
             return
         workers = max(1, min(len(targets), max(t.task.max_threads for t in targets)))
         if workers == 1:
             for t in targets:
-                self._scan_one(t, stop, errors)
+                self._scan_one(t, stop)
         else:
             with ThreadPoolExecutor(max_workers=workers, thread_name_prefix=f"cslide-{self.engine.name}") as pool:
-                list(pool.map(lambda t: self._scan_one(t, stop, errors), targets))
+                list(pool.map(lambda t: self._scan_one(t, stop), targets))
 
-    def _scan_one(self, t: _Target, stop, errors) -> None:
-        project = self.engine.project.spec
+    def _scan_one(self, t: _Target, stop) -> None:
+        project = self.engine.project
         keys = t.task.keys
         claim = CLAIMS.claim(t.handle)
         if claim is None:
-            errors[t.task].append(f"process {t.handle.pid} is being scanned by another task; skipped this round")
+            t.result.skipped = t.result.error = "being scanned by another task; skipped this round"
             return
         try:
             scanner = Scanner(t.handle, source=project.scanner, anon_only=keys.anon_only,
@@ -295,32 +209,32 @@ class Cslide(Strategy):
                               huge="keep", opener=self.opener)
             refs = scanner.scan(loop=project.loop or 1, sleep=project.sleep or 0, stop=stop)
         except EtmemError as exc:
-            errors[t.task].append(f"process {t.handle.pid}: {exc}")
+            t.result.error = str(exc)
             return
         finally:
             CLAIMS.release(claim)
-        t.source = refs.source
+        t.source = t.result.source = refs.source
         if refs.error:
-            errors[t.task].append(f"process {t.handle.pid}: {refs.error}")
+            t.result.error = refs.error
         if refs.passes < (project.loop or 1):
             return      # an incomplete scan would call every page cold
         t.addr, t.count, t.size, t.kind = _pages_of(refs)
 
-    def _query_nodes(self, targets: list[_Target], errors) -> None:
+    def _query_nodes(self, targets: list[_Target]) -> None:
         for t in targets:
             if t.addr is None:
                 continue
             try:
                 node = np.asarray(self.nodes.page_nodes(t.handle, t.addr, t.task.stats.calls), dtype=np.int32)
             except EtmemError as exc:
-                errors[t.task].append(f"process {t.handle.pid}: {exc}")
+                t.result.error = str(exc)
                 t.addr = None
                 continue
             present = node >= 0     # -ENOENT: not resident (swapped, never touched)
             t.addr, t.count, t.size, t.kind, t.node = (t.addr[present], t.count[present], t.size[present],
                                                        t.kind[present], node[present])
 
-    def _round_on(self, tasks, targets: list[_Target], errors, timing: dict) -> None:
+    def _round_on(self, tasks, targets: list[_Target], timing: dict) -> None:
         keys = self.engine.keys
         scanned = [t for t in targets if t.node is not None]
         if scanned:
@@ -359,7 +273,7 @@ class Cslide(Strategy):
                     try:
                         status = np.asarray(self.nodes.move_pages(t.handle, addr[sel], int(dest), t.task.stats.calls))
                     except EtmemError as exc:
-                        errors[t.task].append(f"process {t.handle.pid}: {exc}")
+                        t.result.error = str(exc)
                         break
                     done[sel] = status == dest
                     failed[sel] = np.where(status < 0, -status, 0)
@@ -367,7 +281,11 @@ class Cslide(Strategy):
         self._account(tasks, scanned, owner, node, size, hot, plan, done, failed, timing)
 
     def _count_by_node(self, tasks, scanned, owner, node, size, hot) -> None:
-        """Resident, hot and cold bytes of each task per node, as the scan found them."""
+        """Resident, hot and cold bytes of each task per node, and of each target, as the scan found them."""
+        for i, t in enumerate(scanned):
+            mine = owner == i
+            t.result.scanned = int(size[mine].sum()) // PAGE
+            t.result.cold = int(size[mine & ~hot].sum()) // PAGE
         for task in tasks:
             mine = np.isin(owner, [i for i, t in enumerate(scanned) if t.task is task])
             by_node = {}
@@ -375,12 +293,7 @@ class Cslide(Strategy):
                 here = mine & (node == n)
                 by_node[n] = {"used": int(size[here].sum()), "hot": int(size[here & hot].sum()),
                               "cold": int(size[here & ~hot].sum())}
-            task.state["by_node"] = by_node
-            task.stats.pages_scanned += int(size[mine].sum()) // PAGE
-            task.stats.cold_pages += int(size[mine & ~hot].sum()) // PAGE
-            sources = sorted({t.source for t in scanned if t.task is task and t.source})
-            if sources:
-                task.stats.source = ",".join(sources)
+            task.state.by_node = by_node
 
     def _account(self, tasks, scanned, owner, node, size, hot, plan, done, failed, timing) -> None:
         pages = size // PAGE
@@ -434,7 +347,7 @@ class Cslide(Strategy):
     # -- engine commands and their Python API ----------------------------------------------
     def task_pages(self, task) -> dict[int, dict]:
         """{node: {"used_kb", "hot_kb", "cold_kb"}} of the task's pages in the last round."""
-        by_node = task.state.get("by_node") or {}
+        by_node = task.state.by_node or {}
         return {n: {f"{k}_kb": v >> 10 for k, v in row.items()} for n, row in sorted(by_node.items())}
 
     def host_pages(self) -> dict[int, dict]:
@@ -443,8 +356,8 @@ class Cslide(Strategy):
         for n in sorted(self.nodes.memory_nodes()):
             mem = self.nodes.memory(n)
             out[n] = {"total_kb": mem.total >> 10, "used_kb": (mem.total - mem.free) >> 10, "hot_kb": 0, "cold_kb": 0}
-        for task in list(self.engine.tasks.values()):
-            for n, row in (task.state.get("by_node") or {}).items():
+        for task in list(self.engine.tasks):
+            for n, row in (task.state.by_node or {}).items():
                 slot = out.setdefault(n, {"total_kb": 0, "used_kb": 0, "hot_kb": 0, "cold_kb": 0})
                 slot["hot_kb"] += row["hot"] >> 10
                 slot["cold_kb"] += row["cold"] >> 10

@@ -14,7 +14,6 @@ import logging
 import os
 import stat
 import threading
-import weakref
 
 import attrs
 
@@ -77,8 +76,7 @@ def check_library_file(path: str) -> int:
 class CProject:
     """The `struct project` the C engines of one project share."""
 
-    def __init__(self, project):
-        spec = project.spec
+    def __init__(self, spec):
         self.struct = abi.Project()
         self.struct.name = abi.c_string(spec.name)
         self.struct.type = abi.SCAN_TYPES.get(spec.scan_type, 0)
@@ -91,6 +89,7 @@ class CProject:
             self.struct.swapcache_high_wmark = spec.swapcache_high_wmark
             self.struct.swapcache_low_wmark = spec.swapcache_low_wmark or 0
         self.engines: list["Legacy"] = []
+        self.started_tasks = 0   # tasks of the project's C engines that run: `start` is true while any does
 
     def relink(self) -> None:
         """Rebuild the engs list (newest first, as upstream inserts)."""
@@ -101,15 +100,15 @@ class CProject:
         self.struct.engs = nxt
 
 
-_projects: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 _projects_lock = threading.Lock()
 
 
-def _c_project(project) -> CProject:
+def _c_project(engine) -> CProject:
+    """The `struct project` of the engine's project, shared through the project's EngineView.shared."""
     with _projects_lock:
-        found = _projects.get(project)
+        found = engine.shared.get("thirdparty.project")
         if found is None:
-            found = _projects[project] = CProject(project)
+            found = engine.shared["thirdparty.project"] = CProject(engine.project)
         return found
 
 
@@ -142,6 +141,7 @@ class Legacy(Strategy):
     engine_keys = LegacyEngineKeys
     pass_unknown_keys = True
     instance_key = "eng_name"
+    schedule = "self"   # the C engine runs its own threads from start_task, as under upstream's etmemd
     description = "an upstream C engine (.so with struct engine_ops)"
 
     def __init__(self, engine):
@@ -167,7 +167,7 @@ class Legacy(Strategy):
             self.struct.name = abi.c_string(keys.eng_name)
             self.struct.ops = ctypes.pointer(self.ops)
             self.struct.handler = self.handle
-            self.cproject = _c_project(engine.project)
+            self.cproject = _c_project(engine)
             self.struct.proj = ctypes.pointer(self.cproject.struct)
             self.cproject.engines.append(self)
             self.cproject.relink()
@@ -233,10 +233,9 @@ class Legacy(Strategy):
         fill = self._op("fill_task_params")
         if fill is None:
             return
-        common = task.config.common
         values = {"project": task.project.name, "engine": self.engine.name, "name": task.name,
                   "type": task.type, "value": str(task.value), "max_threads": str(task.max_threads),
-                  "swap_flag": "yes" if common.swap_flag else "no"}
+                  "swap_flag": "yes" if task.swap_flag else "no"}
         values.update({k: str(v) for k, v in task.extra.items()})
         with abi.KeyFile("task", values) as kf:
             ret = fill(kf.ptr, ctypes.pointer(ctask.struct))
@@ -281,13 +280,15 @@ class Legacy(Strategy):
         ctask = self.tasks[task.name]
         ctask.stop = threading.Event()
         self._fill_pids(task, ctask)
-        spec = task.project.spec
+        spec = task.project
         self.scan.watch(ctask.pids, ctask.stop, spec.scanner, spec.sleep or 1)
         self.cproject.struct.start = True
         ret = start(ctypes.pointer(self.struct), ctypes.pointer(ctask.struct))
         if ret != 0:
             self._free_pids(ctask)
+            self.cproject.struct.start = self.cproject.started_tasks > 0
             raise LegacyLoadError(f"{self._where('start_task')} failed for task {task.name} (returned {ret})")
+        self.cproject.started_tasks += 1
 
     @_serialized
     def stop_task(self, task) -> None:
@@ -299,7 +300,8 @@ class Legacy(Strategy):
         if stop is not None:
             stop(ctypes.pointer(self.struct), ctypes.pointer(ctask.struct))
         self._free_pids(ctask)
-        if not any(t.started for t in task.project.tasks if t is not task):
+        self.cproject.started_tasks = max(0, self.cproject.started_tasks - 1)
+        if not self.cproject.started_tasks:
             self.cproject.struct.start = False
 
     def _fill_pids(self, task, ctask: CTask) -> None:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import logging
 import threading
-from concurrent.futures import ThreadPoolExecutor
 
 import attrs
 import numpy as np
@@ -20,12 +19,12 @@ import numpy as np
 from .. import procfs
 from ..actions import swap_out, set_swapcache_watermarks
 from ..config import Int, Size, key
-from ..errors import EtmemError, ProcessGone
+from ..errors import ProcessGone
 from ..hookspecs import hookimpl
-from ..process import ProcessHandle, resolve_targets
-from ..scan import CLAIMS, PAGE, Scanner, present_pages
-from ..stats import CallCounters
-from ..strategy import Strategy
+from ..process import ProcessHandle
+from ..scan import PAGE, Scanner, present_pages
+from ..stats import RoundResult, TargetResult
+from ..strategy import Strategy, each_target
 from .keys import pmu_key
 
 log = logging.getLogger("etmem.slide")
@@ -50,18 +49,30 @@ class SlideTaskKeys:
 
 
 @attrs.define
-class TargetRound:
-    """What one round did to one target process."""
+class SlideState:
+    """What a slide task remembers between rounds, per target (pid, start time)."""
 
-    pid: int
-    scanned: int = 0      # 4 KiB pages seen resident by the scan
-    cold: int = 0         # of those, pages with count < T
-    chosen: int = 0       # cold pages chosen for swap-out after dram_percent and the refault guard
-    swapped: int = 0      # pages the kernel accepted for swap-out
-    refaulted: int = 0    # pages swapped out last round that are resident again
-    source: str | None = None
-    skipped: str | None = None
-    error: str | None = None
+    swapped: dict = attrs.field(factory=dict)   # pages swapped out last round: (addr, size)
+    budget: dict = attrs.field(factory=dict)    # swap-out cap in pages set by the refault guard
+
+
+def choose_cold_pages(addr: np.ndarray, size: np.ndarray, count: np.ndarray, T: int,
+                      limit_bytes: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """slide's rule: the pages with count < T, coldest first, then by address, at most limit_bytes of them.
+
+    The pure core of a round: (addr, size) of the pages to swap out. A limit keeps the
+    coldest pages; the page that crosses the limit is taken (it may be a huge page).
+    """
+    cold = count < T
+    addr, size, count = addr[cold], size[cold], count[cold]
+    order = np.lexsort((addr, count))
+    addr, size = addr[order], size[order]
+    if limit_bytes is not None:
+        if limit_bytes <= 0:
+            return addr[:0], size[:0]
+        take = int(np.searchsorted(np.cumsum(size), limit_bytes, side="left")) + 1
+        addr, size = addr[:take], size[:take]
+    return addr, size
 
 
 class Slide(Strategy):
@@ -83,33 +94,26 @@ class Slide(Strategy):
         return []
 
     def add_task(self, task):
-        task.stats.calls = CallCounters()
-        task.state.update(swapped={}, budget={})
+        task.state = SlideState()
 
     # -- one round --------------------------------------------------------------------
     def run_round(self, task, stop):
-        project = task.project.spec
-        stats = task.stats
-        gate = self._system_gate(project)
+        gate = self._system_gate(task.project)
         if gate:
-            stats.extra["skipped"] = gate
             log.info("task %s: %s", task.name, gate)
-            return
-        targets = resolve_targets(task.type, task.value)
-        if not targets:
-            raise EtmemError(f"no process named {task.value} is running")
-        try:
-            workers = max(1, min(task.max_threads, len(targets)))
-            if workers == 1:
-                rounds = [self._target_round(task, h, stop) for h in targets]
-            else:
-                with ThreadPoolExecutor(max_workers=workers, thread_name_prefix=f"slide-{task.name}") as pool:
-                    rounds = list(pool.map(lambda h: self._target_round(task, h, stop), targets))
-        finally:
-            for handle in targets:
-                handle.close()
-        self._forget_exited(task, targets)
-        self._account(task, rounds)
+            return RoundResult(skipped=gate)
+        alive: set = set()
+
+        def act(handle: ProcessHandle, out: TargetResult) -> None:
+            alive.add((handle.pid, handle.start_time))
+            try:
+                self._scan_and_swap(task, handle, stop, out)
+            except ProcessGone as exc:
+                out.error = str(exc)
+
+        result = each_target(task, stop, act)
+        self._forget_exited(task.state, alive)
+        return result
 
     @staticmethod
     def _system_gate(project) -> str | None:
@@ -121,25 +125,10 @@ class Slide(Strategy):
             return f"free memory is {free:.0f}% of total, not below sysmem_threshold={project.sysmem_threshold}%: nothing to do"
         return None
 
-    def _target_round(self, task, handle: ProcessHandle, stop: threading.Event) -> TargetRound:
-        out = TargetRound(handle.pid)
-        claim = CLAIMS.claim(handle)
-        if claim is None:
-            out.skipped = f"process {handle.pid} is being scanned by another task"
-            return out
-        try:
-            self._scan_and_swap(task, handle, stop, out)
-        except ProcessGone as exc:
-            out.error = str(exc)
-        except EtmemError as exc:
-            out.error = str(exc)
-        finally:
-            CLAIMS.release(claim)
-        return out
-
-    def _scan_and_swap(self, task, handle: ProcessHandle, stop: threading.Event, out: TargetRound) -> None:
-        project = task.project.spec
+    def _scan_and_swap(self, task, handle: ProcessHandle, stop: threading.Event, out: TargetResult) -> None:
+        project = task.project
         keys = task.keys
+        state: SlideState = task.state
         ident = (handle.pid, handle.start_time)
         status = procfs.status(handle.pid)
         rss = _kb(status.get("VmRSS")) << 10
@@ -157,40 +146,30 @@ class Slide(Strategy):
         if refs.passes < project.loop or stop.is_set():
             return  # an incomplete round must not call everything cold
         out.scanned = refs.total_bytes() // PAGE
-        cold = refs.cold(keys.T)
-        addr, size, count = refs.addr[cold], refs.size[cold], refs.count[cold]
-        out.cold = int(size.sum()) // PAGE
-
-        # Coldest first, then by address, so limits keep the coldest pages.
-        order = np.lexsort((addr, count))
-        addr, size = addr[order], size[order]
+        out.cold = refs.total_bytes(refs.cold(keys.T)) // PAGE
         limit = None
         if keys.dram_percent is not None:
             keep = (rss + swapped_bytes) * keys.dram_percent // 100
             limit = max(0, rss - keep)
         if budget is not None:
             limit = budget * PAGE if limit is None else min(limit, budget * PAGE)
-        if limit is not None:
-            take = int(np.searchsorted(np.cumsum(size), limit, side="left")) + 1
-            addr, size = addr[:take], size[:take]
-            if limit == 0:
-                addr, size = addr[:0], size[:0]
+        addr, size = choose_cold_pages(refs.addr, refs.size, refs.count, keys.T, limit)
         out.chosen = int(size.sum()) // PAGE
         if not len(addr):
-            task.state["swapped"].pop(ident, None)
+            state.swapped.pop(ident, None)
             return
         result = swap_out(handle, addr, size, counters=task.stats.calls)
         out.swapped = result.done
         if result.error:
             out.error = result.error
-        task.state["swapped"][ident] = (addr, size) if result.done else None
+        state.swapped[ident] = (addr, size) if result.done else None
         if project.swapcache_high_wmark is not None:
             set_swapcache_watermarks(handle, project.swapcache_low_wmark, project.swapcache_high_wmark)
 
-    def _refault_guard(self, task, handle: ProcessHandle, ident, out: TargetRound) -> int | None:
+    def _refault_guard(self, task, handle: ProcessHandle, ident, out: TargetResult) -> int | None:
         """Pages this round may swap at most (None: no cap), from last round's refaults."""
-        last = task.state["swapped"].get(ident)
-        budgets = task.state["budget"]
+        last = task.state.swapped.get(ident)
+        budgets = task.state.budget
         if not last:
             return budgets.get(ident)
         addr, size = last
@@ -214,28 +193,10 @@ class Slide(Strategy):
         return budget
 
     @staticmethod
-    def _forget_exited(task, targets) -> None:
-        alive = {(h.pid, h.start_time) for h in targets}
-        for table in (task.state["swapped"], task.state["budget"]):
+    def _forget_exited(state: SlideState, alive: set) -> None:
+        for table in (state.swapped, state.budget):
             for ident in [i for i in table if i not in alive]:
                 del table[ident]
-
-    @staticmethod
-    def _account(task, rounds: list[TargetRound]) -> None:
-        stats = task.stats
-        stats.targets = len(rounds)
-        stats.pages_scanned += sum(r.scanned for r in rounds)
-        stats.cold_pages += sum(r.cold for r in rounds)
-        stats.pages_swapped += sum(r.swapped for r in rounds)
-        stats.refaults += sum(r.refaulted for r in rounds)
-        sources = sorted({r.source for r in rounds if r.source})
-        if sources:
-            stats.source = ",".join(sources)
-        stats.extra["last_round"] = [attrs.asdict(r) for r in rounds]
-        stats.extra.pop("skipped", None)
-        errors = [f"process {r.pid}: {r.error}" for r in rounds if r.error]
-        if errors:
-            raise EtmemError("; ".join(errors))
 
 
 def _kb(value: str | None) -> int:

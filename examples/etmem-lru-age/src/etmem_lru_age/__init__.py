@@ -12,12 +12,10 @@ import numpy as np
 
 from etmem.actions import swap_out
 from etmem.config import Int, Size, key
-from etmem.errors import EtmemError, ProcessGone
+from etmem.errors import EtmemError
 from etmem.hookspecs import hookimpl
-from etmem.process import resolve_targets
-from etmem.scan import CLAIMS, PAGE, Scanner
-from etmem.stats import CallCounters
-from etmem.strategy import Strategy
+from etmem.scan import PAGE, Scanner
+from etmem.strategy import Strategy, each_target
 
 __version__ = "0.1.0"
 
@@ -46,50 +44,34 @@ class LruAge(Strategy):
         return []
 
     def add_task(self, task):
-        task.stats.calls = CallCounters()
-        task.state["ages"] = {}  # (pid, start time) -> (addresses, ages), both sorted by address
+        task.state = {}  # (pid, start time) -> (addresses, ages), both sorted by address
 
     def run_round(self, task, stop):
-        targets = resolve_targets(task.type, task.value)
-        if not targets:
-            raise EtmemError(f"no process named {task.value} is running")
-        ages = task.state["ages"]
-        errors = []
-        try:
-            for handle in targets:
-                # hold the process from the scan to the swap-out: no other task scans it between
-                claim = CLAIMS.claim(handle)
-                if claim is None:
-                    errors.append(f"process {handle.pid} is being scanned by another task; skipped this round")
-                    continue
-                try:
-                    self._age_and_swap(task, handle, stop)
-                except (ProcessGone, EtmemError) as exc:
-                    errors.append(f"process {handle.pid}: {exc}")
-                finally:
-                    CLAIMS.release(claim)
-        finally:
-            alive = {(h.pid, h.start_time) for h in targets}
-            for ident in [i for i in ages if i not in alive]:
-                del ages[ident]
-            for handle in targets:
-                handle.close()
-        task.stats.targets = len(targets)
-        if errors:
-            raise EtmemError("; ".join(errors))
+        ages = task.state
+        alive = set()
 
-    def _age_and_swap(self, task, handle, stop):
-        project = task.project.spec
+        def act(handle, out):
+            # each_target holds and claims the process from the scan to the swap-out
+            alive.add((handle.pid, handle.start_time))
+            self._age_and_swap(task, handle, stop, out)
+
+        result = each_target(task, stop, act)
+        for ident in [i for i in ages if i not in alive]:
+            del ages[ident]
+        return result
+
+    def _age_and_swap(self, task, handle, stop, out):
+        project = task.project
         refs = Scanner(handle, source=project.scanner, anon_only=True, swap_flag=task.swap_flag).scan(
             loop=project.loop, sleep=project.sleep, stop=stop)
-        task.stats.source = refs.source
+        out.source = refs.source
         if refs.passes < project.loop or stop.is_set():
             # a cut-short round says nothing about idleness; say why unless we were stopped
             if refs.error and not stop.is_set():
                 raise EtmemError(refs.error)
             return
         ident = (handle.pid, handle.start_time)
-        old_addr, old_age = task.state["ages"].get(ident, (np.zeros(0, np.uint64), np.zeros(0, np.int32)))
+        old_addr, old_age = task.state.get(ident, (np.zeros(0, np.uint64), np.zeros(0, np.int32)))
         # Age of each scanned page last round (0 when it was not seen then), plus one if idle now.
         at = np.searchsorted(old_addr, refs.addr)
         known = at < len(old_addr)
@@ -107,27 +89,25 @@ class LruAge(Strategy):
             addr, size = addr[order], size[order]
             take = int(np.searchsorted(np.cumsum(size), limit, side="right"))
             addr, size = addr[:take], size[:take]
-        swapped = 0
         if len(addr):
             result = swap_out(handle, addr, size, counters=task.stats.calls)
-            swapped = result.done
+            out.swapped = result.done
             if result.error:
                 raise EtmemError(result.error)
         # swapped pages start again from zero when they come back
         keep = ~np.isin(refs.addr, addr)
-        task.state["ages"][ident] = (refs.addr[keep], age[keep])
-        task.stats.pages_scanned += int(refs.size.sum()) // PAGE
-        task.stats.cold_pages += int(size.sum()) // PAGE
-        task.stats.pages_swapped += swapped
-        task.stats.extra["oldest_age"] = int(age.max()) if len(age) else 0
+        task.state[ident] = (refs.addr[keep], age[keep])
+        out.scanned = int(refs.size.sum()) // PAGE
+        out.cold = out.chosen = int(size.sum()) // PAGE
+        out.detail["oldest_age"] = int(age.max()) if len(age) else 0
 
     def command(self, cmd, task):
         if cmd != "ages":
             return super().command(cmd, task)
-        tasks = [task] if task is not None else list(self.engine.tasks.values())
+        tasks = [task] if task is not None else list(self.engine.tasks)
         lines = []
         for t in tasks:
-            for (pid, _), (_, ages) in sorted(t.state.get("ages", {}).items()):
+            for (pid, _), (_, ages) in sorted((t.state or {}).items()):
                 values, counts = np.unique(ages, return_counts=True)
                 histogram = " ".join(f"{v}:{c}" for v, c in zip(values.tolist(), counts.tolist()))
                 lines.append(f"task {t.name} pid {pid} ages {histogram or '-'}")
