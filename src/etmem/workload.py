@@ -1,14 +1,26 @@
 """A workload with a known hot and cold set, for `etmem demo`, tests and benchmarks.
 
-The child process maps two anonymous regions, each its own VMA: a *cold* one
-filled once with a checkable pattern and never touched again, and a *hot* one
-whose every page is read and written in a loop. The parent talks to it with
-one-line JSON commands on stdin/stdout: `stats`, `verify`, `quit`.
+The child process holds anonymous memory filled once with a checkable pattern, of
+which a known set of *hot* pages is read and written in a loop while the *cold*
+rest is never touched again. Two layouts:
 
-    with Workload(total_mb=512, hot_mb=64) as w:
-        w.pid, w.hot, w.cold          # (start, end) address ranges
+- `scattered`: one mapping (one VMA), its hot pages at seeded random page indices,
+  as the hot objects of a real heap lie among the cold ones;
+- `split`: two mappings, each its own VMA, a cold one and a hot one.
+
+The parent talks to it with one-line JSON commands on stdin/stdout: `stats`,
+`reset`, `verify`, `quit`. The ground truth is on the parent's side:
+
+    with Workload(total_mb=512, hot_mb=64, layout="scattered") as w:
+        w.pid, w.region               # (start, end) of the one mapping
+        w.hot_pages, w.cold_pages     # page addresses (uint64), sorted
+        w.placement()                 # recall, precision, hot set resident, from pagemap
         w.stats()["ops_per_s"]        # page touches per second, recent window
-        w.verify()                    # every byte of both regions still right
+        w.verify()                    # every byte still right
+
+With `layout="split"`, `w.hot` and `w.cold` are the (start, end) ranges of the two
+mappings (and `w.region` is None). The child imports only numpy and the standard
+library, and ignores SIGINT: Ctrl-C stops the parent, which then stops the child.
 """
 from __future__ import annotations
 
@@ -28,12 +40,23 @@ from .errors import EtmemError
 PAGE = mmap.PAGESIZE
 MADV_NOHUGEPAGE = 15
 MADV_HUGEPAGE = 14
+LAYOUTS = ("scattered", "split")
+HOT_SEED = 7   # the default seed of the scattered layout's hot page indices
+
+# The child ignores SIGINT before importing anything, so a Ctrl-C meant for the
+# parent (which stops the child itself) prints no KeyboardInterrupt from the child.
+_CHILD = "import signal; signal.signal(signal.SIGINT, signal.SIG_IGN); import etmem.workload as w; w.main()"
 
 
 def _pattern(n_words: int, seed: int) -> np.ndarray:
     """Deterministic 8-byte words: cheap to write and to check again."""
     words = np.arange(n_words, dtype=np.uint64)
     return words * np.uint64(0x9E3779B97F4A7C15) + np.uint64(seed)
+
+
+def hot_page_indices(n_pages: int, n_hot: int, seed: int) -> np.ndarray:
+    """The scattered layout's hot pages: n_hot distinct page indices of n_pages, sorted."""
+    return np.sort(np.random.default_rng(seed).choice(n_pages, n_hot, replace=False)).astype(np.int64)
 
 
 _libc = ctypes.CDLL(None, use_errno=True)
@@ -61,43 +84,51 @@ class _Region:
         self.start = base
         self.size = size
 
-    def verify(self, hot_rounds: int | None = None) -> bool:
+    def verify(self, touched_words: np.ndarray | slice, rounds: int) -> bool:
+        """Every word matches the pattern, plus `rounds` on the words the hot loop touches."""
         expect = _pattern(len(self.words), self.seed)
-        if hot_rounds is not None:
-            expect[:: PAGE // 8] += np.uint64(hot_rounds)
+        expect[touched_words] += np.uint64(rounds)
         return bool(np.array_equal(self.words, expect))
 
 
-def _child(total_mb: int, hot_mb: int, pause: float, huge: bool) -> None:
-    cold = _Region((total_mb - hot_mb) << 20, seed=1, huge=huge)
-    hot = _Region(hot_mb << 20, seed=2, huge=huge)
-    hot_pages = hot.words[:: PAGE // 8]
-    state = {"rounds": 0, "stop": False, "pause": pause}
+def _child(total_mb: int, hot_mb: int, pause: float, huge: bool, layout: str, seed: int) -> None:
+    if layout == "split":
+        cold = _Region((total_mb - hot_mb) << 20, seed=1, huge=huge)
+        hot = _Region(hot_mb << 20, seed=2, huge=huge)
+        regions = [(cold, slice(0, 0)), (hot, slice(None, None, PAGE // 8))]
+        hello = {"hot": [hot.start, hot.start + hot.size], "cold": [cold.start, cold.start + cold.size]}
+    else:
+        one = _Region(total_mb << 20, seed=1, huge=huge)
+        hot_idx = hot_page_indices((total_mb << 20) // PAGE, (hot_mb << 20) // PAGE, seed)
+        regions = [(one, hot_idx * (PAGE // 8))]
+        hello = {"region": [one.start, one.start + one.size]}
+    region, touched = regions[-1]
+    n_hot = (hot_mb << 20) // PAGE
+    state = {"rounds": 0, "stop": False}
     recent: list[tuple[float, int]] = [(time.monotonic(), 0)]
     lock = threading.Lock()
 
     def touch_loop():
         while not state["stop"]:
-            hot_pages[:] += np.uint64(1)  # reads and writes every hot page
+            region.words[touched] += np.uint64(1)  # reads and writes one word of every hot page
             with lock:
                 state["rounds"] += 1
                 recent.append((time.monotonic(), state["rounds"]))
                 del recent[:-200]
-            if state["pause"]:
-                time.sleep(state["pause"])
+            if pause:
+                time.sleep(pause)
 
     worker = threading.Thread(target=touch_loop, daemon=True)
     worker.start()
-    print(json.dumps({"pid": os.getpid(), "hot": [hot.start, hot.start + hot.size],
-                      "cold": [cold.start, cold.start + cold.size], "page_size": PAGE}), flush=True)
+    print(json.dumps({"pid": os.getpid(), "page_size": PAGE, **hello}), flush=True)
     for line in sys.stdin:
         cmd = line.strip()
         if cmd == "stats":
             with lock:
                 (t0, r0), (t1, r1) = recent[0], recent[-1]
                 rounds = state["rounds"]
-            rate = (r1 - r0) * len(hot_pages) / (t1 - t0) if t1 > t0 else 0.0
-            print(json.dumps({"rounds": rounds, "ops": rounds * len(hot_pages), "ops_per_s": rate}), flush=True)
+            rate = (r1 - r0) * n_hot / (t1 - t0) if t1 > t0 else 0.0
+            print(json.dumps({"rounds": rounds, "ops": rounds * n_hot, "ops_per_s": rate}), flush=True)
         elif cmd == "reset":
             with lock:
                 recent[:] = [(time.monotonic(), state["rounds"])]
@@ -105,9 +136,8 @@ def _child(total_mb: int, hot_mb: int, pause: float, huge: bool) -> None:
         elif cmd == "verify":
             state["stop"] = True
             worker.join()
-            ok_cold = cold.verify()
-            ok_hot = hot.verify(hot_rounds=state["rounds"])
-            print(json.dumps({"cold_ok": ok_cold, "hot_ok": ok_hot}), flush=True)
+            ok = all(r.verify(words, state["rounds"] if r is region else 0) for r, words in regions)
+            print(json.dumps({"ok": ok}), flush=True)
         elif cmd == "quit":
             break
     state["stop"] = True
@@ -117,26 +147,85 @@ class WorkloadError(EtmemError):
     """The workload child could not be started."""
 
 
-class Workload:
-    """Parent-side handle of a workload child process."""
+def _pagemap_bits(pid: int, start: int, end: int) -> tuple[np.ndarray, np.ndarray]:
+    """(present, swapped) per page of [start, end), read plainly from /proc/PID/pagemap."""
+    n = (end - start) // PAGE
+    with open(f"/proc/{pid}/pagemap", "rb", buffering=0) as f:
+        f.seek(start // PAGE * 8)
+        raw = np.frombuffer(f.read(n * 8), dtype=np.uint64)
+    one = np.uint64(1)
+    return (raw >> np.uint64(63)) & one == one, (raw >> np.uint64(62)) & one == one
 
-    def __init__(self, total_mb: int = 512, hot_mb: int = 64, pause: float = 0.01, huge: bool = False):
+
+class Workload:
+    """Parent-side handle of a workload child process.
+
+    layout: "split" (default: a cold VMA and a hot VMA) or "scattered" (one VMA, hot
+    pages at random indices drawn with `seed`). pause: seconds between touch rounds.
+    """
+
+    def __init__(self, total_mb: int = 512, hot_mb: int = 64, pause: float = 0.01, huge: bool = False,
+                 layout: str = "split", seed: int = HOT_SEED):
         if not 0 < hot_mb < total_mb:
             raise ValueError("need 0 < hot_mb < total_mb")
+        if layout not in LAYOUTS:
+            raise ValueError(f"layout must be one of {', '.join(LAYOUTS)}, not {layout!r}")
         self.total_mb, self.hot_mb, self.pause, self.huge = total_mb, hot_mb, pause, huge
+        self.layout, self.seed = layout, seed
         self.proc: subprocess.Popen | None = None
+        self.region = self.hot = self.cold = None
 
     def start(self) -> "Workload":
-        cmd = [sys.executable, "-m", "etmem.workload", str(self.total_mb), str(self.hot_mb), str(self.pause), "1" if self.huge else "0"]
+        cmd = [sys.executable, "-c", _CHILD, str(self.total_mb), str(self.hot_mb), str(self.pause),
+               "1" if self.huge else "0", self.layout, str(self.seed)]
         self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
         hello = json.loads(self.proc.stdout.readline() or "null")
         if not hello:
             raise WorkloadError(f"the workload process ({self.total_mb} MiB) failed to start "
                                 f"(exit status {self.proc.wait()}; see its message above)")
         self.pid = hello["pid"]
-        self.hot = tuple(hello["hot"])
-        self.cold = tuple(hello["cold"])
+        if self.layout == "split":
+            self.hot, self.cold = tuple(hello["hot"]), tuple(hello["cold"])
+            self.hot_pages = _pages_of(*self.hot)
+            self.cold_pages = _pages_of(*self.cold)
+        else:
+            self.region = tuple(hello["region"])
+            start, end = self.region
+            n_pages = (end - start) // PAGE
+            hot_idx = hot_page_indices(n_pages, (self.hot_mb << 20) // PAGE, self.seed)
+            is_hot = np.zeros(n_pages, dtype=bool)
+            is_hot[hot_idx] = True
+            every = _pages_of(start, end)
+            self.hot_pages, self.cold_pages = every[is_hot], every[~is_hot]
         return self
+
+    def placement(self) -> dict:
+        """Where the hot and cold pages are now, from /proc/PID/pagemap.
+
+        hot_pages / cold_pages: how many there are; hot_resident: fraction of hot pages
+        present; cold_swapped: cold pages in swap; swapped: all pages in swap;
+        recall: cold_swapped / cold_pages; precision: cold pages among the swapped ones
+        (None when nothing is swapped).
+        """
+        hot_present, hot_swapped = self._bits(self.hot_pages)
+        _, cold_swapped = self._bits(self.cold_pages)
+        cold_out, hot_out = int(cold_swapped.sum()), int(hot_swapped.sum())
+        swapped = cold_out + hot_out
+        return {"hot_pages": len(self.hot_pages), "cold_pages": len(self.cold_pages),
+                "hot_resident": float(hot_present.mean()), "cold_swapped": cold_out, "swapped": swapped,
+                "recall": cold_out / len(self.cold_pages), "precision": cold_out / swapped if swapped else None}
+
+    def _bits(self, pages: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(present, swapped) of the given sorted page addresses, one pagemap read per region."""
+        ranges = [self.region] if self.layout == "scattered" else [self.hot, self.cold]
+        present = np.zeros(len(pages), dtype=bool)
+        swapped = np.zeros(len(pages), dtype=bool)
+        for start, end in ranges:
+            inside = (pages >= start) & (pages < end)
+            p, s = _pagemap_bits(self.pid, start, end)
+            slots = ((pages[inside] - np.uint64(start)) // np.uint64(PAGE)).astype(np.int64)
+            present[inside], swapped[inside] = p[slots], s[slots]
+        return present, swapped
 
     def _ask(self, cmd: str) -> dict:
         self.proc.stdin.write(cmd + "\n")
@@ -150,9 +239,8 @@ class Workload:
         self._ask("reset")
 
     def verify(self) -> bool:
-        """Stop touching and check every byte of both regions; True when all are intact."""
-        result = self._ask("verify")
-        return result["cold_ok"] and result["hot_ok"]
+        """Stop touching and check every byte of the workload's memory; True when all is intact."""
+        return self._ask("verify")["ok"]
 
     def stop(self) -> None:
         if self.proc and self.proc.poll() is None:
@@ -171,5 +259,11 @@ class Workload:
         self.stop()
 
 
-if __name__ == "__main__":
-    _child(int(sys.argv[1]), int(sys.argv[2]), float(sys.argv[3]), sys.argv[4] == "1")
+def _pages_of(start: int, end: int) -> np.ndarray:
+    return np.arange(start, end, PAGE, dtype=np.uint64)
+
+
+def main() -> None:
+    """The child's entry point: argv is total_mb hot_mb pause huge layout seed."""
+    total_mb, hot_mb, pause, huge, layout, seed = sys.argv[1:7]
+    _child(int(total_mb), int(hot_mb), float(pause), huge == "1", layout, int(seed))
