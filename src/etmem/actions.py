@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from . import kernel, procfs
-from .errors import EtmemError, ProcessGone
+from .errors import ActionError, EtmemError, ProcessGone
 from .kernel.abi import MADV_PAGEOUT, RECLAIM_SWAPCACHE_ON, SET_SWAPCACHE_WMARK, SYS_move_pages, SYS_process_madvise, libc
 from .pages import PAGE, page_addresses, union
 from .process import ProcessHandle
@@ -42,10 +42,6 @@ IOVEC = np.dtype([("base", "<u8"), ("len", "<u8")])
 # VMA eligibility for swap-out
 _OK, _LOCKED, _HUGETLB, _OUTSIDE = 0, 1, 2, 3
 _INELIGIBLE_FLAGS = frozenset({"io", "pf", "dd"})   # device I/O, raw PFN maps, excluded from dumps
-
-
-class ActionError(EtmemError):
-    """An action that cannot be done as asked; the message says why."""
 
 
 @dataclass

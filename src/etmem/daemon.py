@@ -26,7 +26,7 @@ from typing import Protocol
 
 from . import protocol
 from .config import decode_config
-from .errors import EtmemError
+from .errors import EtmemError, RequestRefused
 from .protocol import Command, ProtocolError, Request
 
 log = logging.getLogger("etmem.daemon")
@@ -70,10 +70,6 @@ class Peer:
 
     def __str__(self) -> str:
         return f"pid {self.pid} uid {self.uid} gid {self.gid}"
-
-
-class RequestRefused(EtmemError):
-    """A request the daemon will not run; the message is the reply text."""
 
 
 def resolve_config_path(path: str, peer: Peer) -> str:

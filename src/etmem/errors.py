@@ -4,6 +4,8 @@ Their message is meant to be shown as it is, with no traceback.
 """
 from __future__ import annotations
 
+import errno
+
 
 class EtmemError(Exception):
     """Base of every error etmem reports to a person."""
@@ -36,6 +38,18 @@ class ConfigError(EtmemError):
         return f"{where}{what}{self.message}"
 
 
+class ConfigErrors(ConfigError):
+    """Several config problems at once; the attributes are those of the first."""
+
+    def __init__(self, errors: list[ConfigError]):
+        first = errors[0]
+        self.errors = list(errors)
+        super().__init__(first.message, first.path, first.line, first.group, first.key, first.value)
+
+    def __str__(self) -> str:
+        return "\n".join(ConfigError.__str__(e) for e in self.errors)
+
+
 class ObjectError(EtmemError):
     """A project, engine or task that is missing, duplicated or in the wrong state."""
 
@@ -46,3 +60,58 @@ class KernelFeatureMissing(EtmemError):
 
 class ProcessGone(EtmemError):
     """The target process exited, or its pid now belongs to another process."""
+
+
+class ScanError(EtmemError):
+    """A scan could not run or was cut short, or a scanner source is unknown; the message says why."""
+
+
+class ProcError(EtmemError):
+    """A /proc read about one process failed; `pid` and `errno` say which and how."""
+
+    def __init__(self, pid: int, message: str, err: int = 0):
+        super().__init__(message)
+        self.pid = pid
+        self.message = message
+        self.errno = err
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class NoSuchProcess(ProcError):
+    """The process has exited (or never existed)."""
+
+    def __init__(self, pid: int, what: str = ""):
+        super().__init__(pid, f"process {pid} does not exist (it may have exited){': ' + what if what else ''}", errno.ESRCH)
+
+
+class AccessDenied(ProcError):
+    """The kernel refused access to the process's /proc files."""
+
+    def __init__(self, pid: int, path: str):
+        super().__init__(pid, f"permission denied reading {path} (etmem needs root / CAP_SYS_ADMIN)", errno.EACCES)
+
+
+class ActionError(EtmemError):
+    """A memory action that cannot be done as asked; the message says why."""
+
+
+class LegacyLoadError(EtmemError):
+    """A C engine library that cannot be used; the message names the library and function."""
+
+
+class ProtocolError(EtmemError):
+    """A request or reply that does not follow the protocol; the message says how."""
+
+
+class RequestRefused(EtmemError):
+    """A request the daemon will not run; the message is the reply text."""
+
+
+class ZramUnavailable(EtmemError):
+    """This machine cannot give us a zram swap device; the message says why."""
+
+
+class WorkloadError(EtmemError):
+    """The workload child could not be started."""

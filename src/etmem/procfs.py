@@ -8,36 +8,11 @@ from __future__ import annotations
 import errno
 import os
 import re
-from typing import Iterator, NamedTuple
+from typing import NamedTuple
+from .errors import AccessDenied, NoSuchProcess, ProcError
 
 PROC = "/proc"
 NODE_SYSFS = "/sys/devices/system/node"
-
-
-class ProcError(OSError):
-    """A /proc read about one process failed."""
-
-    def __init__(self, pid: int, message: str, err: int = 0):
-        super().__init__(err, message)
-        self.pid = pid
-        self.message = message
-
-    def __str__(self) -> str:
-        return self.message
-
-
-class NoSuchProcess(ProcError):
-    """The process has exited (or never existed)."""
-
-    def __init__(self, pid: int, what: str = ""):
-        super().__init__(pid, f"process {pid} does not exist (it may have exited){': ' + what if what else ''}", errno.ESRCH)
-
-
-class AccessDenied(ProcError):
-    """The kernel refused access to the process's /proc files."""
-
-    def __init__(self, pid: int, path: str):
-        super().__init__(pid, f"permission denied reading {path} (etmem needs root / CAP_SYS_ADMIN)", errno.EACCES)
 
 
 def _translate(pid: int, path: str, exc: OSError) -> ProcError:
@@ -57,17 +32,6 @@ def read_text(pid: int, name: str) -> str:
     except OSError as exc:
         raise _translate(pid, path, exc) from None
 
-
-def write_text(pid: int, name: str, text: str) -> None:
-    path = f"{PROC}/{pid}/{name}"
-    try:
-        with open(path, "w") as f:
-            f.write(text)
-    except OSError as exc:
-        raise _translate(pid, path, exc) from None
-
-
-# --- processes --------------------------------------------------------------
 
 def pids() -> list[int]:
     """All pids currently in /proc (processes, not threads)."""
@@ -150,15 +114,6 @@ def pids_by_comm(name: str) -> list[int]:
             continue
     return found
 
-
-def is_kernel_thread(pid: int) -> bool:
-    try:
-        return os.readlink(f"{PROC}/{pid}/exe") == ""
-    except OSError:
-        return True
-
-
-# --- memory maps ------------------------------------------------------------
 
 class Vma(NamedTuple):
     """One line of /proc/PID/maps (and optionally its smaps fields)."""
@@ -298,11 +253,6 @@ def meminfo() -> dict[str, int]:
         return _parse_meminfo(f.read())
 
 
-def online_nodes() -> list[int]:
-    """NUMA nodes that have memory or CPUs (node0 on a non-NUMA kernel)."""
-    return _node_list("online")
-
-
 def memory_nodes() -> list[int]:
     """NUMA nodes with memory (CPU-less CXL nodes included)."""
     return _node_list("has_memory") or _node_list("online")
@@ -356,12 +306,3 @@ def swap_devices() -> list[dict]:
             if len(parts) >= 5:
                 out.append({"name": parts[0], "type": parts[1], "size_kb": int(parts[2]), "used_kb": int(parts[3]), "priority": int(parts[4])})
     return out
-
-
-def nproc() -> int:
-    return os.cpu_count() or 1
-
-
-def iter_threads(pid: int) -> Iterator[int]:
-    for tid in os.listdir(f"{PROC}/{pid}/task"):
-        yield int(tid)

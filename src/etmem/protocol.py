@@ -20,7 +20,7 @@ import json
 import re
 from dataclasses import dataclass
 
-from .errors import EtmemError
+from .errors import ProtocolError
 
 #: Upstream reads a request into a 512-byte buffer; anything longer is refused.
 MAX_REQUEST = 512
@@ -38,10 +38,6 @@ KEYS = ("proj_name", "file_name", "cmd", "eng_name", "eng_cmd", "task_name")
 #: `eng_cmd` value of a `project show` request asking for JSON (an extension: upstream's
 #: daemon ignores eng_cmd for show, and its client never sends it there).
 SHOW_JSON = "json"
-
-
-class ProtocolError(EtmemError):
-    """A request or reply that does not follow the protocol; the message says how."""
 
 
 class Command(enum.IntEnum):

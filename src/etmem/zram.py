@@ -8,13 +8,9 @@ from __future__ import annotations
 import os
 import subprocess
 
-from .errors import EtmemError
+from .errors import ZramUnavailable
 
 CONTROL = "/sys/class/zram-control"
-
-
-class ZramUnavailable(EtmemError):
-    """This machine cannot give us a zram swap device; the message says why."""
 
 
 def _write(path: str, value: str) -> None:

@@ -18,7 +18,7 @@ import threading
 import attrs
 
 from ..config import Name, Text, key
-from ..errors import EtmemError, ObjectError
+from ..errors import EtmemError, LegacyLoadError, ObjectError
 from ..hookspecs import hookimpl
 from ..process import resolve_targets
 from ..strategy import Strategy
@@ -36,10 +36,6 @@ class LegacyEngineKeys:
     eng_name: str = key(Name(), help="the engine's name in its project; tasks name it in engine=")
     libname: str = key(Text(4096, absolute_path=True), help="absolute path of the engine's .so (owned by root, mode 0500 or 0700)")
     ops_name: str = key(Name(), help="symbol of the library's struct engine_ops")
-
-
-class LegacyLoadError(EtmemError):
-    """A C engine library that cannot be used; the message names the library and function."""
 
 
 def check_library_file(path: str) -> int:

@@ -92,8 +92,6 @@ class EngineOps(Structure):
     ]
 
 
-OPS_NAMES = tuple(name for name, _ in EngineOps._fields_)
-
 Project._fields_ = [
     ("name", c_char_p),
     ("type", c_int),

@@ -27,7 +27,7 @@ NORMAL, HUGETLB = 0, 1
 KIND_NAMES = {NORMAL: "normal", HUGETLB: "hugetlb"}
 
 # why a page moves
-STAYS, PROMOTE_HOT, PREFETCH_WARM, DEMOTE_FOR_HOT, DEMOTE_FOR_RESERVE = 0, 1, 2, 3, 4
+PROMOTE_HOT, PREFETCH_WARM, DEMOTE_FOR_HOT, DEMOTE_FOR_RESERVE = 1, 2, 3, 4   # 0: the page stays
 REASONS = {PROMOTE_HOT: "promote_hot", PREFETCH_WARM: "prefetch_warm",
            DEMOTE_FOR_HOT: "demote_for_hot", DEMOTE_FOR_RESERVE: "demote_for_reserve"}
 
