@@ -30,7 +30,7 @@ PAGE = 4096
 PMD = 2 << 20
 PUD = 1 << 30
 
-# idle_pages record types (UPSTREAM.md §1)
+# idle_pages record types: each record byte is (type << 4) | run length 1..15
 PTE_ACCESSED, PMD_ACCESSED, PUD_PRESENT = 0, 1, 2
 PTE_DIRTY_M, PMD_DIRTY_M = 3, 4
 PTE_IDLE, PMD_IDLE, PMD_IDLE_PTES = 5, 6, 7

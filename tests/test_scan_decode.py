@@ -16,7 +16,8 @@ HUGE_TYPES = {1, 2, 4, 6}
 
 
 def reference_decode(stream: bytes, base: int, nslots: int, keep_huge: bool, addr: int = 0):
-    """Plain-Python reading of UPSTREAM.md §1: (counts, kinds) per 4 KiB slot of the window."""
+    """Plain-Python reading of the idle_pages stream (record bytes `(type << 4) | nr`, SET_HVA
+    0xA0 + a big-endian address; accessed +1, dirty +3): (counts, kinds) per 4 KiB slot of the window."""
     counts = [0] * nslots
     kinds = [0] * nslots
     top = base + nslots * PAGE

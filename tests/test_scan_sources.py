@@ -11,9 +11,11 @@ import sys
 import numpy as np
 import pytest
 
-from etmem import scan
+from etmem import kernel, scan
 from etmem.errors import KernelFeatureMissing, ProcessGone
+from etmem.kernel import abi
 from etmem.scan import PageRefs, Scanner
+from etmem.scan.sources import damon
 from kernel_emulation import ACCESSED, HOLE, IDLE, PMD, SWAPPED, Emulator, PageTable
 
 PAGE = 4096
@@ -129,7 +131,7 @@ def test_idle_pages_scan_flags_reach_the_kernel_file(region):
     Scanner(os.getpid(), source="idle_pages", ranges=[region], ign_host=True, as_huge=True, swap_flag=True,
             opener=emu.opener).scan()
     f = emu.files[-1]
-    assert f.flags == scan.SCAN_IGN_HOST | scan.SCAN_AS_HUGE and f.vma_flags == scan.VMA_SCAN_FLAG
+    assert f.flags == abi.SCAN_IGN_HOST | abi.SCAN_AS_HUGE and f.vma_flags == abi.VMA_SCAN_FLAG
 
 
 def test_page_idle_counts_pages_not_idle_since_the_previous_pass(region):
@@ -178,20 +180,20 @@ def test_asking_for_a_source_the_kernel_lacks_says_what_is_missing():
 
 def test_damon_taken_by_another_owner_is_a_clear_error_found_read_only():
     try:
-        with open(f"{scan.DAMON_ADMIN}/kdamonds/nr_kdamonds") as f:
+        with open(f"{kernel.DAMON_ADMIN}/kdamonds/nr_kdamonds") as f:
             nr = int(f.read())
     except OSError:
         pytest.skip("this kernel has no DAMON sysfs interface")
     if nr == 0:
         pytest.skip("no kdamond is running here, so there is no other owner to detect")
-    before = open(f"{scan.DAMON_ADMIN}/kdamonds/0/state").read()
-    assert "another owner" in scan._damon_owner_problem()
+    before = open(f"{kernel.DAMON_ADMIN}/kdamonds/0/state").read()
+    assert "another owner" in damon.owner_problem()
     reason = scan.available_sources()["damon"]
     assert "another owner" in reason or "vaddr" in reason
     with pytest.raises(KernelFeatureMissing):
         Scanner(os.getpid(), source="damon")
-    assert open(f"{scan.DAMON_ADMIN}/kdamonds/0/state").read() == before
-    assert int(open(f"{scan.DAMON_ADMIN}/kdamonds/nr_kdamonds").read()) == nr
+    assert open(f"{kernel.DAMON_ADMIN}/kdamonds/0/state").read() == before
+    assert int(open(f"{kernel.DAMON_ADMIN}/kdamonds/nr_kdamonds").read()) == nr
 
 
 # --- a pass cut short ends cleanly ---------------------------------------------
@@ -346,8 +348,8 @@ def test_damon_source_maps_region_accesses_to_pages_and_removes_its_kdamond(tmp_
     start = np.frombuffer(m, dtype=np.uint8).ctypes.data
     end, hot_end = start + len(m), start + (2 << 20)
     kd, ctx, scheme = damon_tree(tmp_path)
-    monkeypatch.setattr(scan, "DAMON_ADMIN", str(tmp_path))
-    monkeypatch.setattr(scan.kernel, "damon_operations", lambda: {"vaddr", "paddr"})
+    monkeypatch.setattr(damon, "DAMON_ADMIN", str(tmp_path))
+    monkeypatch.setattr(kernel, "damon_operations", lambda: {"vaddr", "paddr"})
     updates = []
 
     def opener(path, mode="rb"):
@@ -381,7 +383,7 @@ def test_damon_source_maps_region_accesses_to_pages_and_removes_its_kdamond(tmp_
     assert [(regions / n).read_text() for n in ("nr_regions", "0/start", "0/end")] == ["1", str(start), str(end)]
     assert (scheme / "action").read_text() == "stat"
     assert (kd / "nr_kdamonds").read_text() == "0" and (kd / "0" / "state").read_text() == "off"
-    assert not scan._OUR_KDAMONDS
+    assert not damon._OUR_KDAMONDS
     m.close()
 
 
@@ -389,8 +391,8 @@ def test_damon_scans_of_two_processes_at_once_take_turns_on_the_one_kdamond(tmp_
     """The kernel refuses a second kdamond set while one runs (EBUSY): etmem's own scans wait."""
     import threading
     kd, _, _ = damon_tree(tmp_path)
-    monkeypatch.setattr(scan, "DAMON_ADMIN", str(tmp_path))
-    monkeypatch.setattr(scan.kernel, "damon_operations", lambda: {"vaddr"})
+    monkeypatch.setattr(damon, "DAMON_ADMIN", str(tmp_path))
+    monkeypatch.setattr(kernel, "damon_operations", lambda: {"vaddr"})
     running, peak = [0], [0]
 
     def opener(path, mode="rb"):
@@ -431,15 +433,15 @@ def test_damon_scans_of_two_processes_at_once_take_turns_on_the_one_kdamond(tmp_
             c.wait()
     assert {p: (r.passes, r.error) for p, r in results.items()} == {c.pid: (2, None) for c in children}
     assert peak[0] == 1, "never two kdamonds of etmem's at once"
-    assert (kd / "nr_kdamonds").read_text() == "0" and not scan._OUR_KDAMONDS
-    assert scan._DAMON_TURN.acquire(blocking=False), "the turn must be given back"
-    scan._DAMON_TURN.release()
+    assert (kd / "nr_kdamonds").read_text() == "0" and not damon._OUR_KDAMONDS
+    assert damon._DAMON_TURN.acquire(blocking=False), "the turn must be given back"
+    damon._DAMON_TURN.release()
 
 
 def test_damon_with_a_foreign_kdamond_is_refused_without_writing(tmp_path, monkeypatch):
     kd, _, _ = damon_tree(tmp_path, nr_kdamonds="1")
-    monkeypatch.setattr(scan, "DAMON_ADMIN", str(tmp_path))
-    monkeypatch.setattr(scan.kernel, "damon_operations", lambda: {"vaddr", "paddr"})
+    monkeypatch.setattr(damon, "DAMON_ADMIN", str(tmp_path))
+    monkeypatch.setattr(kernel, "damon_operations", lambda: {"vaddr", "paddr"})
     writes = []
 
     def opener(path, mode="rb"):
@@ -459,8 +461,8 @@ def test_a_leftover_kdamond_that_looks_like_etmems_gets_a_hint_how_to_stop_it(tm
                        (ctx / "targets" / "0" / "pid_target", "4242"), (ctx / "schemes" / "nr_schemes", "1"),
                        (scheme / "action", "stat")):
         path.write_text(text)
-    monkeypatch.setattr(scan, "DAMON_ADMIN", str(tmp_path))
-    problem = scan._damon_owner_problem()
+    monkeypatch.setattr(damon, "DAMON_ADMIN", str(tmp_path))
+    problem = damon.owner_problem()
     assert "kdamond 0 on, vaddr on pid 4242, scheme stat" in problem
     assert f"echo off > {tmp_path}/kdamonds/0/state" in problem
     assert (kd / "0" / "state").read_text() == "on", "etmem itself never stops it"
@@ -468,8 +470,8 @@ def test_a_leftover_kdamond_that_looks_like_etmems_gets_a_hint_how_to_stop_it(tm
 
 def test_damon_busy_kernel_ends_the_scan_with_another_owner(tmp_path, monkeypatch):
     kd, _, _ = damon_tree(tmp_path)
-    monkeypatch.setattr(scan, "DAMON_ADMIN", str(tmp_path))
-    monkeypatch.setattr(scan.kernel, "damon_operations", lambda: {"vaddr"})
+    monkeypatch.setattr(damon, "DAMON_ADMIN", str(tmp_path))
+    monkeypatch.setattr(kernel, "damon_operations", lambda: {"vaddr"})
 
     def opener(path, mode="rb"):
         if path.endswith("nr_kdamonds") and "w" in mode:
@@ -477,7 +479,7 @@ def test_damon_busy_kernel_ends_the_scan_with_another_owner(tmp_path, monkeypatc
         return open(path, mode, buffering=0)
     refs = Scanner(os.getpid(), source="damon", opener=opener).scan()
     assert refs.passes == 0 and "another owner" in refs.error
-    assert not scan._OUR_KDAMONDS
+    assert not damon._OUR_KDAMONDS
 
 
 def test_page_idle_reads_and_writes_the_bitmap_a_page_per_call_across_far_apart_frames(region):

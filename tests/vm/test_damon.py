@@ -14,7 +14,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from etmem import scan
+from etmem import kernel, scan
 from etmem.scan import Scanner
 from etmem.workload import Workload
 
@@ -43,7 +43,7 @@ def test_damon_source_finds_the_hot_set_of_a_256_mib_process():
               f"{np.bincount(refs.count[in_cold], minlength=LOOP + 1).tolist()}")
     print(detail)
     assert precision >= 0.9 and recall >= 0.9, detail
-    with open(f"{scan.DAMON_ADMIN}/kdamonds/nr_kdamonds") as f:
+    with open(f"{kernel.DAMON_ADMIN}/kdamonds/nr_kdamonds") as f:
         assert f.read().strip() == "0", "the scanner left its kdamond behind"
 
 
@@ -68,5 +68,5 @@ def test_two_damon_scans_at_once_take_turns_on_the_kernels_one_kdamond():
     for w in (a, b):
         refs = results[w.pid]
         assert len(refs) == 16 << 8, "every page of both ranges is reported"
-    with open(f"{scan.DAMON_ADMIN}/kdamonds/nr_kdamonds") as f:
+    with open(f"{kernel.DAMON_ADMIN}/kdamonds/nr_kdamonds") as f:
         assert f.read().strip() == "0", "the scanner left its kdamond behind"
