@@ -33,3 +33,8 @@ def test_every_public_name_imports_on_first_use_and_nothing_else_does():
     assert set(etmem.__all__) == set(etmem._HOME) | {"__version__"}
     with pytest.raises(AttributeError, match="no attribute 'Nope'"):
         etmem.Nope
+
+
+def test_version_is_reported_by_the_etmemd_command():
+    out = subprocess.run(["etmemd", "--version"], capture_output=True, text=True)
+    assert (out.returncode, out.stdout.strip(), out.stderr) == (0, f"etmemd {etmem.__version__}", "")

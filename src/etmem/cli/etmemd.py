@@ -35,6 +35,7 @@ etmem for Python options:
                                 root:root with mode 0400 or 0600; relaxed: owned by
                                 root and not writable by group or others
     --pid-file <path>           Pid file written in -m mode (default /run/etmemd.pid)
+    --version                   Show the version and exit
 """
 
 DEFAULT_PID_FILE = "/run/etmemd.pid"
@@ -69,6 +70,7 @@ class Options:
         self.level = DEFAULT_LEVEL
         self.systemctl = False
         self.help = False
+        self.version = False
         self.allowed_gids: set[int] = {0}
         self.config_perms = "strict"
         self.pid_file = DEFAULT_PID_FILE
@@ -92,7 +94,7 @@ def parse_options(argv: list[str]) -> Options:
 
     try:
         opts, rest = getopt.gnu_getopt(argv, "l:s:mh", [
-            "log-level=", "socket=", "mode-systemctl", "help",
+            "log-level=", "socket=", "mode-systemctl", "help", "version",
             "allow-group=", "config-perms=", "pid-file="])
     except getopt.GetoptError as e:
         raise UsageError(f"parse parameters failed: {e.msg}") from None
@@ -102,6 +104,8 @@ def parse_options(argv: list[str]) -> Options:
     for opt, value in opts:
         if opt in ("-h", "--help"):
             o.help = True
+        elif opt == "--version":
+            o.version = True
         elif opt in ("-s", "--socket"):
             if o.socket_name is not None:
                 raise UsageError("parse sock parameter repeated")
@@ -124,7 +128,7 @@ def parse_options(argv: list[str]) -> Options:
             o.config_perms = value
         elif opt == "--pid-file":
             o.pid_file = value
-    if not o.help and o.socket_name is None:
+    if not (o.help or o.version) and o.socket_name is None:
         raise UsageError("socket name of rpc to listen must be provided")
     return o
 
@@ -257,6 +261,11 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     if o.help:
         sys.stdout.write(USAGE)
+        return 0
+    if o.version:
+        from .. import __version__
+
+        print(f"etmemd {__version__}")
         return 0
     if os.geteuid() != 0:
         print("etmemd: warning: not running as root; scanning and swapping other "
