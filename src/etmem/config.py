@@ -90,6 +90,23 @@ class Choice(KeyType):
         return text
 
 
+class SourceName(KeyType):
+    """A scanner source: auto, a built-in source or one a plugin registers.
+
+    Only the shape is checked here; which names exist is the scanner registry's to say
+    (loader.scanner_problem), since plugins add sources.
+    """
+
+    def __init__(self, builtin: Iterable[str]):
+        self.allowed = ", ".join(builtin) + " or an installed plugin's source"
+
+    def __call__(self, raw: Any) -> str:
+        text = str(raw).strip()
+        if not re.fullmatch(r"[a-z][a-z0-9_]{0,63}", text):
+            raise ValueError(f"must be {self.allowed}")
+        return text
+
+
 class Name(KeyType):
     """An object name: 1..64 characters, no whitespace, not starting with '-'."""
 
@@ -287,7 +304,7 @@ def warnings_for(spec: Any, given: Iterable[str], group: str, origin: Origin) ->
 
 # --- the common specs ------------------------------------------------------------
 
-SCANNERS = ("auto", "idle_pages", "page_idle", "damon", "smaps")
+SCANNERS = ("auto", "idle_pages", "page_idle", "damon", "smaps")   # auto and the built-in sources
 
 
 @attrs.frozen
@@ -307,7 +324,7 @@ class ProjectSpec:
     sysmem_threshold: int = key(Int(0, 100), None, help="act only while free memory is below this percent of total")
     swapcache_high_wmark: int = key(Int(1, 100), None, help="swap cache high watermark, percent of RAM")
     swapcache_low_wmark: int = key(Int(1, 100), None, help="swap cache low watermark, percent of RAM")
-    scanner: str = key(Choice(*SCANNERS), "auto", help="access source (new in etmem for Python)")
+    scanner: str = key(SourceName(SCANNERS), "auto", help="access source (new in etmem for Python)")
 
 
 def check_project(spec: ProjectSpec) -> list[tuple[str, str]]:

@@ -7,7 +7,7 @@ registered by a package through the `etmem` entry-point group:
     lru_age = "etmem_lru_age"
 
 The built-in engines (slide, cslide, thirdparty) are plugins of exactly this
-kind. docs/plugins.md has the walkthrough.
+kind. docs/plugins.md has the walkthrough; docs/scanner.md shows an access source.
 """
 from __future__ import annotations
 
@@ -23,6 +23,17 @@ def etmem_engine_types() -> list:
 
     Each class's `name` is what a config's `[engine] name=` selects; its
     `engine_keys` and `task_keys` attrs classes declare the keys it accepts.
+    """
+
+
+@hookspec
+def etmem_access_sources() -> list:
+    """Return the access source classes (subclasses of etmem.scan.Source) this plugin provides.
+
+    Each class's `name` is what `[project] scanner=` and `Scanner(source=...)` select,
+    its `rank` places it in auto's order (lower first; the built-ins: idle_pages 10,
+    page_idle 20, damon 30, smaps 50) and its `probe()` says whether this kernel offers
+    it. docs/scanner.md shows one.
     """
 
 

@@ -18,6 +18,7 @@ from . import config
 from .config import (ConfigError, ConfigErrors, EngineCommon, Group, Origin, ProjectSpec,
                      TaskCommon, check_project, check_task_common, clamp_max_threads, spec_keys)
 from .plugins import Plugins, default_plugins
+from .scan import registry as scan_registry
 from .strategy import Strategy
 
 log = logging.getLogger("etmem.config")
@@ -104,13 +105,33 @@ def _raise(errors: list[ConfigError]) -> None:
         raise ConfigErrors(errors)
 
 
-def build_project(values: dict, origin: Origin | None = None) -> ProjectSpec:
+def build_project(values: dict, origin: Origin | None = None, plugins: Plugins | None = None) -> ProjectSpec:
+    """Validate one [project] group; plugins: the loaded plugins (None: the default ones, if needed)."""
     origin = origin or Origin()
     spec, errors = config.structure(ProjectSpec, values, "project", origin)
     if spec is not None:
-        errors = [config._error(origin, "project", k, values, m) for k, m in check_project(spec)]
+        problems = check_project(spec)
+        unknown = scanner_problem(spec.scanner, plugins)
+        if unknown:
+            problems.append(("scanner", unknown))
+        errors = [config._error(origin, "project", k, values, m) for k, m in problems]
     _raise(errors)
     return spec
+
+
+def scanner_problem(name: str, plugins: Plugins | None = None) -> str | None:
+    """Why `scanner=name` names no access source, or None; the scanner registry says which exist.
+
+    A plugin's source is registered when its plugins load: without `plugins`, a name not
+    registered yet loads the default plugins before it counts as unknown.
+    """
+    if name == "auto" or name in scan_registry.names():
+        return None
+    if plugins is None:
+        default_plugins()
+        if name in scan_registry.names():
+            return None
+    return f"must be {config.Choice('auto', *scan_registry.names()).allowed}"
 
 
 def _split(values: dict, *specs: type) -> tuple[list[dict], dict]:
@@ -204,7 +225,7 @@ def load_groups(groups: list[Group], path: str | None = None, plugins: Plugins |
     projects, engines, tasks = [], [], []
     for group in (g for g in groups if g.kind == "project"):
         try:
-            projects.append(build_project(group.values, group.origin))
+            projects.append(build_project(group.values, group.origin, plugins))
         except ConfigErrors as exc:
             errors += exc.errors
     for group in (g for g in groups if g.kind == "engine"):

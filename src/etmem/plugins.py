@@ -1,5 +1,8 @@
 """The plugin manager: built-in engines first, then the `etmem` entry-point group.
 
+Engines go into the manager's engine registry; access sources into the scanner's
+(etmem.scan.registry), which is the process's one list of sources.
+
 Built-ins register exactly as third-party plugins do, so they prove the API.
 `ETMEM_LOAD_PLUGINS=name,name` limits which entry points are loaded (empty:
 none), which makes a broken plugin easy to rule out. A plugin that fails to
@@ -17,6 +20,8 @@ import attrs
 import pluggy
 
 from . import hookspecs
+from .errors import ScanError
+from .scan import registry as scan_registry
 from .strategy import Strategy
 
 log = logging.getLogger("etmem.plugins")
@@ -32,10 +37,11 @@ class PluginInfo:
     source: str  # "builtin" or "entry point <dist>"
     engines: tuple = ()
     error: str | None = None
+    sources: tuple = ()  # access source names
 
 
 class Plugins:
-    """A pluggy manager plus the engine registry it yields."""
+    """A pluggy manager plus the engine registry it yields; plugins' access sources go to etmem.scan.registry."""
 
     def __init__(self, entry_points: bool = True, extra: tuple = ()):
         """Load the built-ins, then `extra` plugin objects (for programs and tests), then entry points."""
@@ -56,8 +62,8 @@ class Plugins:
     def _register(self, plugin, name: str, version: str, source: str) -> None:
         try:
             self.pm.register(plugin, name=name)
-            impls = [i for i in self.pm.hook.etmem_engine_types.get_hookimpls() if i.plugin is plugin]
-            types = [t for impl in impls for t in (impl.function() or [])]
+            types = self._provided(plugin, self.pm.hook.etmem_engine_types)
+            source_types = self._provided(plugin, self.pm.hook.etmem_access_sources)
         except Exception as exc:  # a broken plugin must not take etmem down
             if self.pm.is_registered(plugin):
                 self.pm.unregister(plugin)
@@ -75,7 +81,22 @@ class Plugins:
                 continue
             self.engines[engine_type.name] = engine_type
             accepted.append(engine_type.name)
-        self.infos.append(PluginInfo(name, version, source, tuple(accepted)))
+        sources = []
+        for source_type in source_types:
+            try:
+                scan_registry.register(source_type)
+            except ScanError as exc:
+                log.error("plugin %s: %s", name, exc)
+                self.infos.append(PluginInfo(name, version, source, error=str(exc)))
+                continue
+            sources.append(source_type.name)
+        self.infos.append(PluginInfo(name, version, source, tuple(accepted), sources=tuple(sources)))
+
+    @staticmethod
+    def _provided(plugin, hook) -> list:
+        """What plugin's implementation of hook returns (nothing when it has none)."""
+        impls = [i for i in hook.get_hookimpls() if i.plugin is plugin]
+        return [t for impl in impls for t in (impl.function() or [])]
 
     def _load_entry_points(self) -> None:
         allow = os.environ.get("ETMEM_LOAD_PLUGINS")

@@ -9,6 +9,7 @@ import json
 import os
 
 from .. import kernel, procfs, zram
+from ..plugins import default_plugins
 from ..scan import available_sources, best_source
 
 
@@ -21,6 +22,7 @@ def set_argparser(parser: argparse.ArgumentParser) -> None:
 
 def report() -> dict:
     """Everything `etmem kernel` shows, as data: name -> None (usable) or why not."""
+    default_plugins()  # installed plugins' access sources are offered too
     sources = available_sources()
     auto = best_source(sources)
     swap = procfs.swap_devices()

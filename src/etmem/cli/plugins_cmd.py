@@ -1,4 +1,4 @@
-"""`etmem plugins`: which plugins are loaded, their versions and engines, and any that failed."""
+"""`etmem plugins`: which plugins are loaded, their versions, engines and access sources, and any that failed."""
 from __future__ import annotations
 
 import argparse
@@ -8,7 +8,7 @@ from ..plugins import default_plugins
 
 def set_argparser(parser: argparse.ArgumentParser) -> None:
     parser.description = ("List the loaded etmem plugins (built-in engines first, then the 'etmem' "
-                          "entry-point group) with their versions and engines. "
+                          "entry-point group) with their versions, engines and access sources. "
                           "ETMEM_LOAD_PLUGINS=a,b loads only the named entry points.")
 
 
@@ -21,5 +21,6 @@ def main(args: argparse.Namespace) -> int:
             bad += 1
             print(f"{info.name:<{width}}  {info.version:<8}  {info.source}  FAILED: {info.error}")
         else:
-            print(f"{info.name:<{width}}  {info.version:<8}  {info.source}  engines: {', '.join(info.engines) or '-'}")
+            sources = f"; sources: {', '.join(info.sources)}" if info.sources else ""
+            print(f"{info.name:<{width}}  {info.version:<8}  {info.source}  engines: {', '.join(info.engines) or '-'}{sources}")
     return 1 if bad else 0
