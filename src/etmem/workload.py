@@ -36,10 +36,10 @@ import time
 import numpy as np
 
 from .errors import EtmemError
+from .kernel.abi import MADV_HUGEPAGE, MADV_NOHUGEPAGE
+from .kernel.abi import libc as _libc
 
 PAGE = mmap.PAGESIZE
-MADV_NOHUGEPAGE = 15
-MADV_HUGEPAGE = 14
 LAYOUTS = ("scattered", "split")
 HOT_SEED = 7   # the default seed of the scattered layout's hot page indices
 
@@ -59,7 +59,6 @@ def hot_page_indices(n_pages: int, n_hot: int, seed: int) -> np.ndarray:
     return np.sort(np.random.default_rng(seed).choice(n_pages, n_hot, replace=False)).astype(np.int64)
 
 
-_libc = ctypes.CDLL(None, use_errno=True)
 _libc.mprotect.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int)
 
 
