@@ -10,10 +10,11 @@ class PageRefs:
     addr (uint64), count (int32, summed over passes), size (uint64 bytes), vma (int32 index
     into vmas). source names the source that ran; per_vma is True when every page of a VMA
     got its VMA's verdict (smaps); passes is how many passes completed; error is set when
-    a pass was cut short.
+    a pass was cut short. sampling is the refault source's `Sampling` (what it paged out and
+    what came back; sources/refault.py), None for every other source.
     """
 
-    def __init__(self, addr, count, size, vma, vmas, source, per_vma=False, passes=0, error=None):
+    def __init__(self, addr, count, size, vma, vmas, source, per_vma=False, passes=0, error=None, sampling=None):
         self.addr = addr
         self.count = count
         self.size = size
@@ -23,6 +24,7 @@ class PageRefs:
         self.per_vma = per_vma
         self.passes = passes
         self.error = error
+        self.sampling = sampling
 
     def __len__(self) -> int:
         return len(self.addr)

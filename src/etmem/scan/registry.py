@@ -25,6 +25,7 @@ BUILTIN_SOURCES = (
     "etmem.scan.sources.idle_pages",
     "etmem.scan.sources.page_idle",
     "etmem.scan.sources.damon",
+    "etmem.scan.sources.refault",
     "etmem.scan.sources.smaps",
 )
 NAME = re.compile(r"[a-z][a-z0-9_]{0,63}")   # what a source name looks like (config.SourceName too)

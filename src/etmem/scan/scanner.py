@@ -51,12 +51,14 @@ class Scanner:
     limited to. huge: "split" counts 2 MiB / 1 GiB pages on each 4 KiB page, "keep" as one
     entry of their size (idle_pages). ign_host / as_huge / swap_flag: idle_pages scan flags
     SCAN_IGN_HOST, SCAN_AS_HUGE and VMA_SCAN_FLAG. opener(path, mode) opens every kernel
-    file (tests route them to emulations).
+    file (tests route them to emulations). refault_budget: the refault source's budget,
+    percent of the target's resident pages that may come back per minute (None: its
+    default); counters: a CallCounters for the page-outs the refault source makes.
     """
 
     def __init__(self, target, source: str = "auto", anon_only: bool = True, vm_flags=(), ranges=None,
                  huge: str = "split", ign_host: bool = False, opener=None, as_huge: bool = False,
-                 swap_flag: bool = False):
+                 swap_flag: bool = False, refault_budget: float | None = None, counters=None):
         if huge not in ("split", "keep"):
             raise ScanError(f"huge must be 'split' or 'keep', not {huge!r}")
         self.target = target
@@ -69,6 +71,8 @@ class Scanner:
         self.ign_host = ign_host
         self.as_huge = as_huge
         self.swap_flag = swap_flag
+        self.refault_budget = refault_budget
+        self.counters = counters
         # the kernel's real files: the registry's kept probes; an emulation: probed through it
         self.source_name = choose_source(source, opener)
         log.debug("scanner for pid %d uses source %s", self.pid, self.source_name)
@@ -128,6 +132,11 @@ class Scanner:
 
     def _scan(self, loop: int, sleep: float, stop: threading.Event | None) -> PageRefs:
         source = source_class(self.source_name)(self, stop)
+        refs = self._run(source, loop, sleep, stop)
+        refs.sampling = getattr(source, "sampling", None)   # set by the refault source's end()
+        return refs
+
+    def _run(self, source, loop: int, sleep: float, stop: threading.Event | None) -> PageRefs:
         try:
             self._check_target()
             vmas = self.select_vmas()
