@@ -4,17 +4,20 @@ target that uses everything, and targets it must leave alone."""
 from __future__ import annotations
 
 import json
-from collections import OrderedDict
 import subprocess
 import sys
 import threading
+from collections import OrderedDict
 
+import attrs
 import numpy as np
 import pytest
 
 from conftest import pagemap_bits
 from etmem import kernel, procfs, zram
-from etmem.errors import ProcessGone
+from etmem.config import ProjectSpec
+from etmem.errors import ConfigError, ProcessGone
+from etmem.loader import load_text
 from etmem.process import ProcessHandle
 from etmem.scan import Scanner, available_sources, best_source
 from etmem.scan.sources import refault
@@ -121,6 +124,25 @@ def test_pmd_huge_pages_are_aligned_runs_of_512_present_pages_with_consecutive_f
     present[1500] = False
     huge = refault.pmd_huge_pages(base, present, pfn)
     assert huge[3:515].all() and not huge[:3].any() and not huge[515:].any()
+
+
+def test_the_default_budget_is_the_config_default():
+    assert attrs.fields(ProjectSpec).refault_budget.default == refault.DEFAULT_BUDGET_PERCENT
+
+
+@pytest.mark.parametrize("value,parsed", [("5", 5.0), ("0.5", 0.5), ("2%", 2.0), ("0.01", 0.01), ("100", 100.0)])
+def test_refault_budget_takes_a_percentage(value, parsed):
+    text = f"[project]\nname=p\nloop=2\ninterval=1\nsleep=1\nscanner=refault\nrefault_budget={value}\n"
+    assert load_text(text, "t.conf").projects[0].refault_budget == parsed
+
+
+@pytest.mark.parametrize("value", ["0", "0.001", "101", "-1", "x", "1e3", "nan", ""])
+def test_a_refault_budget_out_of_range_names_file_line_key_and_range(value):
+    text = f"[project]\nname=p\nloop=2\ninterval=1\nsleep=1\nrefault_budget={value}\n"
+    with pytest.raises(ConfigError) as info:
+        load_text(text, "t.conf")
+    assert str(info.value) == (f"t.conf:6: [project] refault_budget={value}: "
+                               "must be a percentage from 0.01 to 100 (e.g. 5 or 0.5)")
 
 
 # --- on the real kernel, with real swap ------------------------------------------------------

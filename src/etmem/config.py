@@ -137,6 +137,28 @@ class Text(KeyType):
         return text
 
 
+class Percent(KeyType):
+    """A percentage with decimals, from lo to hi: `5`, `0.5` or `0.5%`."""
+
+    def __init__(self, lo: float, hi: float):
+        self.lo, self.hi = lo, hi
+        self.allowed = f"a percentage from {lo:g} to {hi:g} (e.g. 5 or 0.5)"
+
+    def __call__(self, raw: Any) -> float:
+        if isinstance(raw, bool):
+            raise ValueError(f"must be {self.allowed}")
+        if isinstance(raw, (int, float)):
+            value = float(raw)
+        else:
+            text = str(raw).strip().removesuffix("%").strip()
+            if not re.fullmatch(r"[+-]?(\d+\.?\d*|\.\d+)", text):
+                raise ValueError(f"must be {self.allowed}")
+            value = float(text)
+        if not self.lo <= value <= self.hi:   # also refuses nan
+            raise ValueError(f"must be {self.allowed}")
+        return value
+
+
 class Size(KeyType):
     """A byte size like `10g`, `512m`, `64k` or plain bytes."""
 
@@ -304,7 +326,7 @@ def warnings_for(spec: Any, given: Iterable[str], group: str, origin: Origin) ->
 
 # --- the common specs ------------------------------------------------------------
 
-SCANNERS = ("auto", "idle_pages", "page_idle", "damon", "smaps")   # auto and the built-in sources
+SCANNERS = ("auto", "idle_pages", "page_idle", "damon", "refault", "smaps")   # auto and the built-in sources
 
 
 @attrs.frozen
@@ -325,6 +347,8 @@ class ProjectSpec:
     swapcache_high_wmark: int = key(Int(1, 100), None, help="swap cache high watermark, percent of RAM")
     swapcache_low_wmark: int = key(Int(1, 100), None, help="swap cache low watermark, percent of RAM")
     scanner: str = key(SourceName(SCANNERS), "auto", help="access source (new in etmem for Python)")
+    refault_budget: float = key(Percent(0.01, 100), 5.0, help="scanner=refault: percent of a target's resident "
+                                "pages that may come back per minute after being sampled out (docs/scanner.md)")
 
 
 def check_project(spec: ProjectSpec) -> list[tuple[str, str]]:
