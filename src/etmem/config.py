@@ -12,6 +12,7 @@ same machinery validates them, so a plugin's keys get the same messages.
 from __future__ import annotations
 
 import difflib
+import math
 import os
 import re
 from typing import Any, Callable, Iterable
@@ -60,6 +61,25 @@ class Int(KeyType):
                 raise ValueError(f"must be {self.allowed}")
             value = int(text)
         if (self.lo is not None and value < self.lo) or (self.hi is not None and value > self.hi):
+            raise ValueError(f"must be {self.allowed}")
+        return value
+
+
+class Float(KeyType):
+    """A decimal number above `above` (upstream's doubles: psi's pressure and rates)."""
+
+    def __init__(self, above: float = 0.0):
+        self.above = above
+        self.allowed = f"a number above {above:g}"
+
+    def __call__(self, raw: Any) -> float:
+        if isinstance(raw, bool):
+            raise ValueError(f"must be {self.allowed}")
+        try:
+            value = float(raw) if isinstance(raw, (int, float)) else float(str(raw).strip())
+        except ValueError:
+            raise ValueError(f"must be {self.allowed}") from None
+        if not math.isfinite(value) or value <= self.above:
             raise ValueError(f"must be {self.allowed}")
         return value
 
