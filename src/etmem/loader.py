@@ -25,7 +25,6 @@ log = logging.getLogger("etmem.config")
 
 UPSTREAM_ONLY_ENGINES = {
     "damon": "upstream's DAMON engine is not part of etmem for Python (use scanner=damon with slide)",
-    "psi": "upstream's psi engine is not part of etmem for Python",
     "memdcd": "upstream's memdcd engine is not part of etmem for Python",
 }
 
@@ -88,6 +87,29 @@ class ConfigFile:
 
     def summary(self) -> str:
         return f"{len(self.projects)} project(s), {len(self.engines)} engine(s), {len(self.tasks)} task(s)"
+
+
+@attrs.frozen
+class OwnTargetsTaskCommon:
+    """The keys every task of an engine that names its targets itself has (psi: cgroups, not processes).
+
+    Such an engine declares `type` and `value` in its own task spec (optional there);
+    there is no swap_flag, and one thread.
+    """
+
+    project: str = config.key(config.Name(), help="the project of the task")
+    engine: str = config.key(config.Name(), help="the engine of the task")
+    name: str = config.key(config.Name(), help="task name, unique in its engine")
+    type = None
+    value = None
+    max_threads = 1
+    swap_flag = False
+
+
+def task_common_spec(strategy: type[Strategy] | None) -> type:
+    """The common [task] keys for an engine: TaskCommon, or OwnTargetsTaskCommon when its spec has type and value."""
+    own = spec_keys(strategy.task_keys) if strategy else {}
+    return OwnTargetsTaskCommon if "type" in own and "value" in own else TaskCommon
 
 
 @attrs.frozen
@@ -187,14 +209,15 @@ def build_task(values: dict, strategy: type[Strategy] | None, project: ProjectSp
     origin = origin or Origin()
     errors: list[ConfigError] = []
     own_cls = strategy.task_keys if strategy else _Empty
-    (common_values, own_values), extra = _split(values, TaskCommon, own_cls)
+    common_cls = task_common_spec(strategy)
+    (common_values, own_values), extra = _split(values, common_cls, own_cls)
     if extra and not (strategy and strategy.pass_unknown_keys):
-        allowed = list(spec_keys(TaskCommon)) + list(spec_keys(own_cls))
+        allowed = list(spec_keys(common_cls)) + list(spec_keys(own_cls))
         for k in extra:
             errors.append(config._error(origin, "task", k, values, config.unknown_key_message(k, allowed)))
-    common, errs = config.structure(TaskCommon, common_values, "task", origin)
+    common, errs = config.structure(common_cls, common_values, "task", origin)
     errors += errs
-    if common is not None:
+    if common is not None and common_cls is TaskCommon:
         errors += [config._error(origin, "task", k, values, m) for k, m in check_task_common(common)]
     keys = None
     if strategy is not None:
