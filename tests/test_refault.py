@@ -333,3 +333,12 @@ def test_auto_picks_refault_where_no_per_page_source_is_usable_and_swap_is_on(ne
     assert avail["refault"] is None
     per_page = [name for name in ("idle_pages", "page_idle", "damon") if avail.get(name) is None]
     assert best_source(avail) == (per_page[0] if per_page else "refault")
+
+
+def test_etmem_kernel_shows_the_refault_source_and_what_autos_pick_sees(need_root, swap):
+    text = subprocess.run(["etmem", "kernel"], capture_output=True, text=True, timeout=60, check=True).stdout
+    line = next(line for line in text.splitlines() if line.split()[:1] == ["refault"])
+    assert line.split()[1] == "yes"
+    if best_source(available_sources()) == "refault":
+        assert "scanner sources (auto picks refault):" in text
+        assert "auto's pick, refault, sees each page, by paging a sample out to swap" in text

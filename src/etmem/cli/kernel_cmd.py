@@ -43,7 +43,24 @@ def report() -> dict:
         "numa_nodes": nodes,
         "migration": None if len(nodes) > 1 else
         f"only {len(nodes)} NUMA node with memory: cslide needs a fast and a slow node",
+        "psi": {
+            "psi": None if kernel.has_psi() else kernel.missing("psi"),
+            "cgroup2_memory": None if kernel.has_cgroup2_memory() else kernel.missing("cgroup2_memory"),
+            "memory_reclaim": None if kernel.has_memory_reclaim() else kernel.missing("memory_reclaim"),
+        },
     }
+
+
+# The psi engine's needs, as `etmem kernel` names them.
+PSI_NEEDS = (("psi", "PSI"), ("cgroup2_memory", "cgroup2 memory"), ("memory_reclaim", "memory.reclaim"))
+
+
+# What auto's pick means where it is not a per-page access-bit source.
+_PICKS = {
+    "refault": "each page, by paging a sample out to swap and watching which pages come back "
+               "(project key refault_budget)",
+    "smaps": "whole VMAs: a mapping with one used page counts as used as a whole",
+}
 
 
 def _mark(reason: str | None) -> str:
@@ -55,9 +72,12 @@ def main(args: argparse.Namespace) -> int:
     if args.output == "json":
         print(json.dumps(r, indent=2))
         return 0
+    auto = r["scanner_auto"]
     lines = [f"kernel {r['kernel']}" + ("" if r["root"] else " (not root: etmem needs root to act on other processes)"),
-             "", f"scanner sources (auto picks {r['scanner_auto'] or 'none'}):"]
+             "", f"scanner sources (auto picks {auto or 'none'}):"]
     lines += [f"  {name:<16}{_mark(why):<5}{why or ''}" for name, why in r["scanner_sources"].items()]
+    if auto in _PICKS:
+        lines.append(f"  auto's pick, {auto}, sees {_PICKS[auto]}")
     lines += ["", "swap-out:"]
     lines += [f"  {name:<16}{_mark(why):<5}{why or ''}" for name, why in r["swap_out"].items()]
     if r["swap_devices"]:
@@ -70,6 +90,8 @@ def main(args: argparse.Namespace) -> int:
     lines += ["", "migration (cslide):",
               f"  NUMA nodes      {', '.join(map(str, r['numa_nodes']))}",
               f"  two tiers       {_mark(r['migration']):<5}{r['migration'] or 'move_pages(2) between them'}",
-              "", f"pidfd             {_mark(r['pidfd'])}    {r['pidfd'] or ''}"]
+              "", "cgroup reclaim (psi):"]
+    lines += [f"  {label:<16}{_mark(r['psi'][name]):<5}{r['psi'][name] or ''}" for name, label in PSI_NEEDS]
+    lines += ["", f"pidfd             {_mark(r['pidfd'])}    {r['pidfd'] or ''}"]
     print("\n".join(line.rstrip() for line in lines))
     return 0
