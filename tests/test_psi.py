@@ -7,6 +7,7 @@ import errno
 import json
 import os
 import shutil
+import subprocess
 import textwrap
 import threading
 
@@ -571,3 +572,19 @@ def test_psis_missing_sentence_names_the_config_or_the_boot_option():
         assert "the kernel needs CONFIG_PSI=y" in sentence
     elif config.get("CONFIG_PSI_DEFAULT_DISABLED") == "y":
         assert "booted with psi=1 (CONFIG_PSI_DEFAULT_DISABLED=y): add psi=1 to its command line" in sentence
+
+
+def test_etmem_kernel_shows_what_the_psi_engine_needs():
+    out = subprocess.run(["etmem", "kernel", "-o", "json"], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0 and "Traceback" not in out.stderr, out.stderr
+    needs = json.loads(out.stdout)["psi"]
+    facts = _host_facts()
+    assert (needs["psi"] is None, needs["cgroup2_memory"] is None, needs["memory_reclaim"] is None) == \
+        (facts["psi"], facts["v2_memory"], facts["reclaim"])
+    for name in ("psi", "cgroup2_memory", "memory_reclaim"):
+        assert needs[name] in (None, kernel.missing(name))
+    text = subprocess.run(["etmem", "kernel"], capture_output=True, text=True, timeout=60).stdout
+    section = text[text.index("cgroup reclaim (psi):"):].splitlines()[1:4]
+    assert [line.split()[0] for line in section] == ["PSI", "cgroup2", "memory.reclaim"]
+    assert ["yes" if facts[f] else "no" for f in ("psi", "v2_memory", "reclaim")] == \
+        [line.split()[2] if line.split()[0] == "cgroup2" else line.split()[1] for line in section]
