@@ -451,13 +451,3 @@ def test_systemctl_mode_fails_when_the_pid_file_cannot_be_written(tmp_path):
     while probe.listening() and time.monotonic() < deadline:
         time.sleep(0.05)
     assert not probe.listening(), "the child must not stay behind"
-
-
-def test_the_unit_file_starts_etmemd_in_systemctl_mode():
-    from importlib.resources import files
-
-    unit = files("etmem").joinpath("data/etmemd.service").read_text()
-    assert "Type=forking" in unit
-    assert "PIDFile=/run/etmemd.pid" in unit
-    exec_start = next(line for line in unit.splitlines() if line.startswith("ExecStart="))
-    assert " -m" in exec_start and " -s " in exec_start

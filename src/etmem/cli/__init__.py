@@ -31,6 +31,7 @@ Commands:
     config check|keys ...              validate config files offline, list each group's keys
     plugins                            list the strategy plugins etmem has loaded
     kernel [-o json]                   what the running kernel offers etmem, and what is missing
+    systemd-unit [-s SOCK] ...         print a systemd unit that runs this installation's etmemd
     demo ...                           run a demonstration of memory tiering (etmem demo --help)
     help                               show this message
 
@@ -38,7 +39,8 @@ Run 'etmem OBJECT help' for the options of obj, project and engine.
 """
 
 #: Our own subcommands: name -> module under etmem.cli.
-EXTRA_COMMANDS = {"config": "config_cmd", "plugins": "plugins_cmd", "kernel": "kernel_cmd", "demo": "demo"}
+EXTRA_COMMANDS = {"config": "config_cmd", "plugins": "plugins_cmd", "kernel": "kernel_cmd",
+                  "systemd-unit": "systemd_cmd", "demo": "demo"}
 CLIENT_GROUPS = ("obj", "project", "engine")
 
 
