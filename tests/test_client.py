@@ -1,5 +1,5 @@
 """The real `etmem` command against a recording socket: the exact bytes it sends, how it
-prints replies, its help texts and exit statuses."""
+prints replies (all on stdout, as upstream's client), its help texts and exit statuses."""
 from __future__ import annotations
 
 import socket
@@ -79,6 +79,10 @@ def etmem(*args, cwd=None):
      b"proj_name proj1 file_name - cmd 5 eng_name cslide eng_cmd showtaskpages task_name t1"),
     (["engine", "showhostpages", "--proj_name", "proj1", "--engine", "cslide", "--socket", "SOCK"],
      b"proj_name proj1 file_name - cmd 5 eng_name cslide eng_cmd showhostpages task_name -"),
+    (["project", "start", "-n", "p", "-n", "proj1", "-s", "SOCK"],      # getopt: the last one wins
+     b"proj_name proj1 file_name - cmd 2 eng_name - eng_cmd - task_name -"),
+    (["project", "show", "-v", "-s", "SOCK"],
+     b"proj_name - file_name - cmd 4 eng_name - eng_cmd verbose task_name -"),
 ])
 def test_the_client_sends_exactly_upstreams_bytes(server, argv, wire):
     argv = [server.name if a == "SOCK" else a for a in argv]
@@ -92,24 +96,31 @@ def test_the_relative_config_path_is_sent_as_typed(server, tmp_path):
     assert server.requests == [b"proj_name - file_name sub/a.conf cmd 0 eng_name - eng_cmd - task_name -"]
 
 
-def test_success_prints_the_reply_text_on_stdout():
+def test_success_prints_the_reply_text_on_stdout_as_it_is():
     s = RecordingServer(b"project: p\nnumber\n\xff")
     try:
         result = etmem("project", "show", "-s", s.name)
     finally:
         s.close()
     assert (result.returncode, result.stdout, result.stderr) == (0, "project: p\nnumber\n", "")
+    s = RecordingServer(b"no newline\xff")
+    try:
+        result = etmem("engine", "x", "-n", "p", "-e", "e", "-s", s.name)
+    finally:
+        s.close()
+    assert (result.returncode, result.stdout) == (0, "no newline")
 
 
 def test_a_failure_reply_exits_186_with_upstreams_lines_and_usage():
-    s = RecordingServer(b"error: project is not exist\xfe")
+    s = RecordingServer(b"error: project is not exist\nproject p does not exist (projects: none)\xfe")
     try:
         result = etmem("project", "start", "-n", "p", "-s", s.name)
     finally:
         s.close()
     assert result.returncode == 186
-    assert result.stdout == ""
-    assert result.stderr == ("error: project is not exist\n"
+    assert result.stderr == ""
+    assert result.stdout == ("error: project is not exist\n"
+                             "project p does not exist (projects: none)\n"
                              "etmem_client_recv failed.\n"
                              "etmem: error -70\n" + client.PROJECT_HELP)
 
@@ -121,7 +132,7 @@ def test_a_failure_text_and_tag_in_separate_writes_like_upstreams_daemon():
     finally:
         s.close()
     assert result.returncode == 186
-    assert result.stderr.startswith("error: project has been started\netmem_client_recv failed.\n")
+    assert result.stdout.startswith("error: project has been started\netmem_client_recv failed.\n")
 
 
 def test_a_reply_cut_off_before_the_tag_is_a_failure():
@@ -131,15 +142,18 @@ def test_a_reply_cut_off_before_the_tag_is_a_failure():
     finally:
         s.close()
     assert result.returncode == 186
-    assert "without finishing its reply" in result.stderr
-    assert "Traceback" not in result.stderr
+    assert result.stdout.startswith("connection closed by peer: etmemd closed the connection without "
+                                    "finishing its reply")
+    assert "etmem_client_recv failed.\netmem: error -70\n" in result.stdout
+    assert "Traceback" not in result.stdout + result.stderr
 
 
-def test_no_daemon_is_a_clear_message_and_status_111():
+def test_no_daemon_is_upstreams_message_and_status_111():
     name = unique_socket_name("none")
     result = etmem("project", "show", "-s", name)
     assert result.returncode == 111
-    assert result.stderr == f"etmem: cannot connect to etmemd on socket {name}: is etmemd running?\n"
+    assert result.stdout == (f"etmem connect to server failed: Connection refused (is etmemd running on "
+                             f"socket {name}?)\netmem_client_conn failed.\netmem: error 111\n" + client.PROJECT_HELP)
 
 
 def test_json_show_asks_with_eng_cmd_json_and_prints_the_json():
@@ -162,32 +176,39 @@ def test_json_show_against_a_daemon_that_answers_text_says_so():
     assert "did not answer in JSON" in result.stderr
 
 
-@pytest.mark.parametrize("argv, message", [
-    (["obj", "add", "-s", "x"], "configuration file must be given"),
-    (["obj", "add", "-f", "a.conf"], "socket name to connect must be given"),
-    (["obj", "put", "-f", "a", "-s", "x"], "obj command put is not supported"),
-    (["project", "start", "-s", "x"], "project name must be given"),
-    (["project", "start", "-n", "a b", "-s", "x"], "must not contain white space"),
-    (["project", "start", "-n", "-x", "-s", "x"], "must not start with '-'"),
-    (["project", "start", "-n", "p", "-s", "x", "extra"], "useless parameters passed in: extra"),
-    (["project", "start", "-n", "p", "-s", "x", "-q"], "invalid option"),
-    (["project", "start", "-n", "p", "-n", "q", "-s", "x"], "given more than once"),
-    (["project", "start", "-n", "p", "-o", "json", "-s", "x"], "only to project show"),
-    (["project", "show", "-o", "yaml", "-s", "x"], "text or json"),
-    (["project", "show", "-s", "s" * 107], "shorter than 107 bytes"),
-    (["project", "start", "-n", "p" * 500, "-s", "x"], "at most 512"),
-    (["engine", "showtaskpages", "-e", "cslide", "-s", "x"], "project name must be given"),
-    (["engine", "showtaskpages", "-n", "p", "-s", "x"], "engine name must be given"),
-    (["engine", "-n", "p", "-e", "cslide", "-s", "x"], "engine command must be given"),
-    (["obj", "add", "-f", "my file.conf", "-s", "x"], "must not contain white space"),
+# Upstream's statuses: -EINVAL (234) for a bad option of obj/project, -1 (255) for a command
+# they lack and for every usage error of engine, -E2BIG (249) for left-over words.
+@pytest.mark.parametrize("argv, message, status", [
+    (["obj", "add", "-s", "x"], "configuration file must be given", 234),
+    (["obj", "add", "-f", "a.conf"], "socket name to connect must be given", 234),
+    (["obj", "put", "-f", "a", "-s", "x"], "obj command put is not supported", 255),
+    (["obj", "--help"], "obj command --help is not supported", 255),
+    (["obj", "add", "-f", "a", "-s", "x", "more"], "useless parameters passed in: more", 249),
+    (["project", "begin", "-n", "p", "-s", "x"], "project command begin is not supported", 255),
+    (["project", "start", "-s", "x"], "project name must be given", 234),
+    (["project", "start", "-n", "a b", "-s", "x"], "must not contain white space", 234),
+    (["project", "start", "-n", "-x", "-s", "x"], "must not start with '-'", 234),
+    (["project", "start", "-n", "p", "-s", "x", "extra"], "useless parameters passed in: extra", 249),
+    (["project", "start", "-n", "p", "-s", "x", "-q"], "invalid option", 234),
+    (["project", "start", "-n", "p", "-o", "json", "-s", "x"], "only to project show", 234),
+    (["project", "start", "-n", "p", "-v", "-s", "x"], "only to project show", 234),
+    (["project", "show", "-o", "yaml", "-s", "x"], "text or json", 234),
+    (["project", "show", "-s", "s" * 107], "shorter than 107 bytes", 255),
+    (["project", "start", "-n", "p" * 500, "-s", "x"], "at most 512", 255),
+    (["engine", "showtaskpages", "-e", "cslide", "-s", "x"], "project name must be given", 255),
+    (["engine", "showtaskpages", "-n", "p", "-s", "x"], "engine name must be given", 255),
+    (["engine", "-n", "p", "-e", "cslide", "-s", "x"], "engine command must be given", 255),
+    (["engine", "x", "-n", "p", "-e", "e", "-s", "x", "more"], "useless parameters passed in: more", 255),
+    (["engine", "x", "-n", "p", "-e", "e", "-s", "x", "-q"], "invalid option", 255),
+    (["obj", "add", "-f", "my file.conf", "-s", "x"], "must not contain white space", 234),
 ])
-def test_usage_errors_exit_234_with_the_reason_and_the_usage(argv, message):
+def test_usage_errors_exit_with_upstreams_status_the_reason_and_the_usage_on_stdout(argv, message, status):
     result = etmem(*argv)
-    assert result.returncode == 234, result
-    assert message in result.stderr
-    assert "etmem: error -22" in result.stderr
-    assert result.stderr.endswith(client.HELP[argv[0]])
-    assert "Traceback" not in result.stderr
+    assert result.returncode == status, result
+    assert result.stderr == ""
+    assert result.stdout.startswith(message) or message in result.stdout.splitlines()[0]
+    assert f"\netmem: error {status - 256}\n" in result.stdout
+    assert result.stdout.endswith(client.HELP[argv[0]])
 
 
 @pytest.mark.parametrize("group", ["obj", "project", "engine"])
@@ -195,21 +216,25 @@ def test_group_help_exits_0_and_a_bare_group_exits_234(group):
     helped = etmem(group, "help")
     assert (helped.returncode, helped.stdout) == (0, client.HELP[group])
     bare = etmem(group)
-    assert (bare.returncode, bare.stderr) == (234, client.HELP[group])
+    assert (bare.returncode, bare.stdout, bare.stderr) == (234, client.HELP[group], "")
 
 
 def test_help_lists_every_command_with_one_line_each():
-    for argv in (["help"], ["--help"]):
-        result = etmem(*argv)
-        assert result.returncode == 0
-        lines = result.stdout.splitlines()
-        for command in ("obj add|del", "project start|stop", "project show", "engine CMD",
-                        "config", "plugins", "demo", "help"):
-            assert sum(1 for line in lines if line.strip().startswith(command)) == 1, command
-    nothing = etmem()
-    assert nothing.returncode == 234 and "Usage:" in nothing.stderr
-    unknown = etmem("migrate", "start")
-    assert unknown.returncode == 234 and "unknown object 'migrate'" in unknown.stderr
+    result = etmem("help")
+    assert result.returncode == 0
+    lines = result.stdout.splitlines()
+    for command in ("obj add|del", "project start|stop", "project show", "engine CMD",
+                    "config", "plugins", "demo", "help"):
+        assert sum(1 for line in lines if line.strip().startswith(command)) == 1, command
+
+
+@pytest.mark.parametrize("argv", [[], ["--help"], ["-h"], ["help", "extra"], ["migrate", "start"]])
+def test_etmem_without_a_known_object_prints_the_usage_and_exits_234_as_upstream(argv):
+    result = etmem(*argv)
+    assert (result.returncode, result.stderr) == (234, "")
+    assert result.stdout.endswith(etmem("help").stdout)
+    if argv[:1] == ["migrate"]:
+        assert result.stdout.startswith("etmem: unknown object 'migrate'\n")
 
 
 def test_obj_help_layout_matches_upstream():

@@ -11,7 +11,7 @@ import time
 import pytest
 
 from etmem.daemon import Daemon, Peer, RequestRefused, check_config_file, resolve_config_path
-from etmem.errors import ObjectError
+from etmem.errors import Cause, ObjectError
 from etmemd_harness import raw_exchange, unique_socket_name
 
 
@@ -35,7 +35,7 @@ class FakeManager:
     def start(self, name):
         self.calls.append(("start", name))
         if name != "p":
-            raise ObjectError(f"project {name} does not exist")
+            raise ObjectError(f"project {name} does not exist", Cause.PROJECT_MISSING)
 
     def stop(self, name):
         self.calls.append(("stop", name))
@@ -43,6 +43,8 @@ class FakeManager:
 
     def show(self, name=None):
         self.calls.append(("show", name))
+        if name == "absent":
+            raise ObjectError("project absent does not exist", Cause.PROJECT_MISSING)
         return [{"name": "p", "started": False, "scan_type": "page", "tasks": [
             {"number": 1, "type": "pid", "value": "7", "name": "t1", "engine": "slide",
              "started": False, "stats": {}}]}]
@@ -72,8 +74,8 @@ def served():
 
 
 SHOW_REPLY = (b"project: p\n"
-              b"number  type  value  name  engine  started\n"
-              b"1       pid   7      t1    slide   false\n\xff")
+              b"number   type     value            name             engine           started \n"
+              b"1        pid      7                t1               slide            false   \n\xff")
 
 
 def test_upstream_request_bytes_get_exact_reply_bytes(served):
@@ -82,7 +84,11 @@ def test_upstream_request_bytes_get_exact_reply_bytes(served):
     assert raw_exchange(name, b"proj_name p file_name - cmd 2 eng_name - eng_cmd - task_name -") == b"\xff"
     assert raw_exchange(name, b"proj_name - file_name - cmd 4 eng_name - eng_cmd - task_name -") == SHOW_REPLY
     assert raw_exchange(name, b"proj_name q file_name - cmd 2 eng_name - eng_cmd - task_name -") == \
-        b"error: project q does not exist\n\xfe"
+        b"error: project is not exist\nproject q does not exist\xfe"
+    assert raw_exchange(name, b"proj_name absent file_name - cmd 4 eng_name - eng_cmd - task_name -") == \
+        b"project: project absent is not existed\n\n\xff"
+    assert raw_exchange(name, b"proj_name absent file_name - cmd 4 eng_name - eng_cmd json task_name -") == \
+        b"error: project is not exist\nproject absent does not exist\xfe"
     assert raw_exchange(name, b"proj_name p file_name - cmd 5 eng_name e eng_cmd go task_name t1") == \
         b"did go\n\xff"
     assert ("engine_command", "p", "e", "go", "t1") in manager.calls
@@ -91,7 +97,8 @@ def test_upstream_request_bytes_get_exact_reply_bytes(served):
 def test_a_bug_below_the_daemon_is_a_failure_reply_not_a_crash(served):
     daemon, _ = served
     reply = raw_exchange(daemon.socket_name, b"proj_name p file_name - cmd 3 eng_name - eng_cmd - task_name -")
-    assert reply.startswith(b"error: etmemd internal error: RuntimeError: a bug in the model")
+    assert reply.startswith(b"error: etmemd has internal error, see reason details in messages\n"
+                            b"RuntimeError: a bug in the model")
     assert reply.endswith(b"\xfe")
     assert raw_exchange(daemon.socket_name, b"proj_name p file_name - cmd 2 eng_name - eng_cmd - task_name -") == b"\xff"
 
@@ -128,7 +135,7 @@ def test_a_request_sent_in_pieces_is_put_back_together(served):
 def test_an_over_long_request_gets_a_failure_reply(served, size):
     daemon, _ = served
     reply = raw_exchange(daemon.socket_name, b"proj_name " + b"p" * size)
-    assert reply == b"error: request longer than 512 bytes\n\xfe"
+    assert reply == b"error: invalid parameters\nrequest longer than 512 bytes\xfe"
 
 
 def test_a_whole_but_invalid_request_is_answered_without_waiting_for_more(served, monkeypatch):
@@ -136,19 +143,19 @@ def test_a_whole_but_invalid_request_is_answered_without_waiting_for_more(served
     daemon, _ = served
     began = time.monotonic()
     reply = raw_exchange(daemon.socket_name, b"proj_name p file_name - cmd 7 eng_name - eng_cmd - task_name -")
-    assert reply.startswith(b"error: unknown command number 7") and reply.endswith(b"\xfe")
+    assert reply.startswith(b"error: invalid parameters\nunknown command number 7") and reply.endswith(b"\xfe")
     assert time.monotonic() - began < 2.5
 
 
 def test_an_incomplete_request_is_refused_after_a_pause(served):
     daemon, _ = served
     reply = raw_exchange(daemon.socket_name, b"proj_name p file_name")
-    assert reply.startswith(b"error: malformed request") and reply.endswith(b"\xfe")
+    assert reply.startswith(b"error: invalid parameters\nmalformed request") and reply.endswith(b"\xfe")
 
 
 def test_an_empty_connection_is_refused(served):
     daemon, _ = served
-    assert raw_exchange(daemon.socket_name, b"", shutdown=True) == b"error: empty request\n\xfe"
+    assert raw_exchange(daemon.socket_name, b"", shutdown=True) == b"error: invalid parameters\nempty request\xfe"
 
 
 def test_stopping_the_daemon_stops_all_projects_and_frees_the_socket():
@@ -272,7 +279,7 @@ def test_a_trickling_client_is_cut_off_at_the_request_timeout():
                 except BlockingIOError:
                     pass
             took = time.monotonic() - began
-        assert reply.startswith(b"error: malformed request") and reply.endswith(b"\xfe")
+        assert reply.startswith(b"error: invalid parameters\nmalformed request") and reply.endswith(b"\xfe")
         assert took < 3
     finally:
         daemon.request_stop()

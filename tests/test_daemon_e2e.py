@@ -49,13 +49,10 @@ def test_add_start_show_stop_delete(daemon, conf, target):
     assert (added.returncode, added.stdout, added.stderr) == (0, "", "")
 
     shown = daemon.etmem("project", "show")
-    assert shown.returncode == 0
-    w = max(5, len(str(target)))
-    assert shown.stdout.splitlines()[:3] == [
-        "project: p1",
-        "number  type  " + "value".ljust(w) + "  name  engine  started",
-        "1       pid   " + str(target).ljust(w) + "  t1    probe   false",
-    ]
+    assert (shown.returncode, shown.stdout) == (0, (
+        "project: p1\n"
+        "number   type     value            name             engine           started \n"
+        f"1        pid      {str(target):<16} t1               probe            false   \n"))
 
     assert daemon.etmem("project", "start", "-n", "p1").returncode == 0
     deadline = time.monotonic() + 15
@@ -69,20 +66,25 @@ def test_add_start_show_stop_delete(daemon, conf, target):
     assert project["started"] is True and task["started"] is True
     assert (task["name"], task["type"], task["value"], task["engine"]) == ("t1", "pid", str(target), "probe")
     text = daemon.etmem("project", "show", "-n", "p1").stdout
-    assert "stats:\n  t1: rounds=" in text and "extra.ticks=" in text
+    assert "stats" not in text and text.count("t1") == 1
+    verbose = daemon.etmem("project", "show", "-n", "p1", "-v").stdout
+    assert verbose.startswith(text + "\nstats of task t1 (engine probe):\n  rounds ")
+    assert "\n  extra.ticks " in verbose
 
     assert daemon.etmem("project", "stop", "-n", "p1").returncode == 0
     assert show_json(daemon)[0]["started"] is False
     assert daemon.etmem("obj", "del", "-f", str(conf)).returncode == 0
     assert show_json(daemon) == []
+    assert daemon.etmem("project", "show").stdout == "no project exists\n\n"
     gone = daemon.etmem("project", "show", "-n", "p1")
-    assert gone.returncode == 186 and "error: project p1 does not exist" in gone.stderr
+    assert (gone.returncode, gone.stdout) == (0, "project: project p1 is not existed\n\n")
 
 
 def test_engine_commands(daemon, conf):
     assert daemon.etmem("obj", "add", "-f", str(conf)).returncode == 0
     early = daemon.etmem("engine", "hello", "-n", "p1", "-e", "probe")
-    assert early.returncode == 186 and "project p1 is not started" in early.stderr
+    assert early.returncode == 186
+    assert early.stdout.startswith("error: invalid parameters\nproject p1 is not started")
     assert daemon.etmem("project", "start", "-n", "p1").returncode == 0
 
     hello = daemon.etmem("engine", "hello", "-n", "p1", "-e", "probe")
@@ -91,15 +93,18 @@ def test_engine_commands(daemon, conf):
     assert (with_task.returncode, with_task.stdout) == (0, "hello from probe task t1\n")
 
     for argv, message in [
-        (["engine", "dance", "-n", "p1", "-e", "probe"], "engine probe has no command 'dance'"),
-        (["engine", "hello", "-n", "p1", "-e", "slide"], "project p1 has no engine slide"),
-        (["engine", "hello", "-n", "p1", "-e", "probe", "-t", "t9"], "engine probe of project p1 has no task t9"),
-        (["engine", "hello", "-n", "p9", "-e", "probe"], "project p9 does not exist"),
+        (["engine", "dance", "-n", "p1", "-e", "probe"], "error: invalid parameters\n"
+                                                         "engine probe has no command 'dance'"),
+        (["engine", "hello", "-n", "p1", "-e", "slide"], "error: engine is not exist\n"
+                                                         "project p1 has no engine slide"),
+        (["engine", "hello", "-n", "p1", "-e", "probe", "-t", "t9"], "error: task is not exist\n"
+                                                                     "engine probe of project p1 has no task t9"),
+        (["engine", "hello", "-n", "p9", "-e", "probe"], "error: project is not exist\nproject p9 does not exist"),
     ]:
         result = daemon.etmem(*argv)
         assert result.returncode == 186, result
-        assert result.stderr.startswith("error: " + message)
-        assert result.stderr.endswith("etmem_client_recv failed.\netmem: error -70\n" + client.ENGINE_HELP)
+        assert result.stdout.startswith(message)
+        assert result.stdout.endswith("etmem_client_recv failed.\netmem: error -70\n" + client.ENGINE_HELP)
 
 
 def test_a_slow_engine_command_does_not_block_project_show(daemon, conf, plugin_dir):
@@ -128,22 +133,28 @@ def test_a_slow_engine_command_does_not_block_project_show(daemon, conf, plugin_
 def test_object_and_state_errors(daemon, conf, tmp_path, target):
     assert daemon.etmem("obj", "add", "-f", str(conf)).returncode == 0
     again = daemon.etmem("obj", "add", "-f", str(conf))
-    assert again.returncode == 186 and "project p1 already exists" in again.stderr
+    assert again.returncode == 186
+    assert again.stdout.startswith(f"error: project has been existed\n{conf}: [project] project p1 already exists\n")
     assert [p["name"] for p in show_json(daemon)] == ["p1"]
 
     assert daemon.etmem("project", "start", "-n", "p1").returncode == 0
     twice = daemon.etmem("project", "start", "-n", "p1")
-    assert twice.returncode == 186 and "project p1 is already started" in twice.stderr
+    assert twice.returncode == 186
+    assert twice.stdout.startswith("error: project has been started\nproject p1 is already started\n")
     assert daemon.etmem("project", "stop", "-n", "p1").returncode == 0
     stopped = daemon.etmem("project", "stop", "-n", "p1")
-    assert stopped.returncode == 186 and "project p1 is not started" in stopped.stderr
+    assert stopped.returncode == 186
+    assert stopped.stdout.startswith("error: project has been stopped\nproject p1 is not started\n")
     missing = daemon.etmem("project", "start", "-n", "nope")
-    assert missing.returncode == 186 and "project nope does not exist" in missing.stderr
+    assert missing.returncode == 186
+    assert missing.stdout.startswith("error: project is not exist\nproject nope does not exist")
 
     # deleting goes on past missing objects and names them
     other = write_config(tmp_path / "other.conf", probe_config("p2", target))
     gone = daemon.etmem("obj", "del", "-f", str(other))
-    assert gone.returncode == 186 and "project p2 does not exist" in gone.stderr
+    assert gone.returncode == 186
+    assert gone.stdout.startswith("error: project is not exist\n")
+    assert "project p2 does not exist" in gone.stdout
 
 
 def test_a_bad_file_adds_nothing(daemon, tmp_path, target):
@@ -157,11 +168,11 @@ def test_a_bad_file_adds_nothing(daemon, tmp_path, target):
         """)
     result = daemon.etmem("obj", "add", "-f", str(half))
     assert result.returncode == 186
-    assert "nosuchengine" in result.stderr
+    assert result.stdout.startswith("error: invalid parameters\n") and "nosuchengine" in result.stdout
     assert show_json(daemon) == []
     broken = write_config(tmp_path / "broken.conf", "[project]\nname=p4\nloop=banana\n")
     result = daemon.etmem("obj", "add", "-f", str(broken))
-    assert result.returncode == 186 and "loop" in result.stderr
+    assert result.returncode == 186 and "loop" in result.stdout
     assert show_json(daemon) == []
 
 
@@ -193,13 +204,13 @@ def test_config_files_must_be_roots_and_private(daemon, conf, setup, message):
     setup(conf)
     result = daemon.etmem("obj", "add", "-f", str(conf))
     assert result.returncode == 186
-    assert f"error: config file {conf} {message}" in result.stderr or message in result.stderr
+    assert result.stdout.startswith("error: invalid parameters\nconfig file ") and message in result.stdout
     assert show_json(daemon) == []
 
 
 def test_a_directory_is_not_a_config_file(daemon, tmp_path):
     result = daemon.etmem("obj", "add", "-f", str(tmp_path))
-    assert result.returncode == 186 and "is not a regular file" in result.stderr
+    assert result.returncode == 186 and "is not a regular file" in result.stdout
 
 
 def test_relaxed_config_permissions_accept_a_readable_root_file(tmp_path, plugin_dir, target):
@@ -210,7 +221,7 @@ def test_relaxed_config_permissions_accept_a_readable_root_file(tmp_path, plugin
         os.chmod(conf, 0o664)
         conf2 = write_config(tmp_path / "r2.conf", probe_config("p7", target), mode=0o664)
         refused = d.etmem("obj", "add", "-f", str(conf2))
-        assert refused.returncode == 186 and "must not be writable by group or others" in refused.stderr
+        assert refused.returncode == 186 and "must not be writable by group or others" in refused.stdout
     finally:
         assert d.stop() == 0
 
@@ -230,40 +241,40 @@ def test_relative_paths_are_resolved_against_the_clients_directory(daemon, tmp_p
 
 def test_raw_upstream_requests_get_exact_reply_bytes(daemon, conf, target):
     send = daemon.raw
-    assert send(b"proj_name - file_name - cmd 4 eng_name - eng_cmd - task_name -") == b"\xff"
+    assert send(b"proj_name - file_name - cmd 4 eng_name - eng_cmd - task_name -") == b"no project exists\n\n\xff"
     assert send(f"proj_name - file_name {conf} cmd 0 eng_name - eng_cmd - task_name -".encode()) == b"\xff"
     assert send(b"proj_name p1 file_name - cmd 2 eng_name - eng_cmd - task_name -") == b"\xff"
     assert send(b"proj_name p1 file_name - cmd 2 eng_name - eng_cmd - task_name -") == \
-        b"error: project p1 is already started\n\xfe"
+        b"error: project has been started\nproject p1 is already started\xfe"
     assert send(b"proj_name p1 file_name - cmd 5 eng_name probe eng_cmd hello task_name t1") == \
         b"hello from probe task t1\n\xff"
-    w = max(5, len(str(target)))
-    assert send(b"proj_name p1 file_name - cmd 4 eng_name - eng_cmd - task_name -").startswith(
-        ("project: p1\nnumber  type  " + "value".ljust(w) + "  name  engine  started\n"
-         "1       pid   " + str(target).ljust(w) + "  t1    probe   true\nstats:\n  t1: rounds=").encode())
+    assert send(b"proj_name p1 file_name - cmd 4 eng_name - eng_cmd - task_name -") == (
+        b"project: p1\n"
+        b"number   type     value            name             engine           started \n"
+        + f"1        pid      {str(target):<16} t1               probe            true    \n".encode() + b"\xff")
     assert send(b"proj_name p1 file_name - cmd 3 eng_name - eng_cmd - task_name -") == b"\xff"
     assert send(b"proj_name nope file_name - cmd 3 eng_name - eng_cmd - task_name -") == \
-        b"error: project nope does not exist (projects: p1)\n\xfe"
+        b"error: project is not exist\nproject nope does not exist (projects: p1)\xfe"
 
 
 @pytest.mark.parametrize("data, reply", [
     (b"proj_name -p1 file_name - cmd 2 eng_name - eng_cmd - task_name -",
-     b"error: project name '-p1' must not start with '-'\n\xfe"),
+     b"project name '-p1' must not start with '-'"),
     (b"proj_name p1 file_name - cmd 6 eng_name - eng_cmd - task_name -",
-     b"error: unknown command number 6 (known: 0 obj add, 1 obj del, 2 project start, 3 project stop, "
-     b"4 project show, 5 engine command)\n\xfe"),
+     b"unknown command number 6 (known: 0 obj add, 1 obj del, 2 project start, 3 project stop, "
+     b"4 project show, 5 engine command)"),
     (b"proj_name p 1 file_name - cmd 2 eng_name - eng_cmd - task_name -",
-     b"error: malformed request: expected 12 space-separated words (proj_name VALUE file_name VALUE cmd VALUE "
-     b"eng_name VALUE eng_cmd VALUE task_name VALUE), got 13\n\xfe"),
+     b"malformed request: expected 12 space-separated words (proj_name VALUE file_name VALUE cmd VALUE "
+     b"eng_name VALUE eng_cmd VALUE task_name VALUE), got 13"),
     (b"proj_name p1 file_name - cmd 2 eng_name - eng_cmd - task_name - " + b"x" * 600,
-     b"error: request longer than 512 bytes\n\xfe"),
+     b"request longer than 512 bytes"),
     (b"GET / HTTP/1.0\r\n\r\n",
-     b"error: malformed request: expected 12 space-separated words (proj_name VALUE file_name VALUE cmd VALUE "
-     b"eng_name VALUE eng_cmd VALUE task_name VALUE), got 3\n\xfe"),
+     b"malformed request: expected 12 space-separated words (proj_name VALUE file_name VALUE cmd VALUE "
+     b"eng_name VALUE eng_cmd VALUE task_name VALUE), got 3"),
 ])
 def test_bad_raw_requests_get_a_clear_failure_reply(daemon, data, reply):
-    assert daemon.raw(data, shutdown=True) == reply
-    assert daemon.raw(b"proj_name - file_name - cmd 4 eng_name - eng_cmd - task_name -") == b"\xff"
+    assert daemon.raw(data, shutdown=True) == b"error: invalid parameters\n" + reply + b"\xfe"
+    assert daemon.raw(b"proj_name - file_name - cmd 4 eng_name - eng_cmd - task_name -") == b"no project exists\n\n\xff"
 
 
 VALID = b"proj_name p1 file_name - cmd 4 eng_name - eng_cmd - task_name -"
@@ -337,20 +348,20 @@ SHOW = b"proj_name - file_name - cmd 4 eng_name - eng_cmd - task_name -"
 def test_a_non_root_peer_is_refused_and_logged(daemon):
     reply = _exchange_as(daemon.name, 65534, 65534, SHOW)
     assert reply == (b"error: permission denied: etmemd accepts requests only from uid 0 with gid 0 "
-                     b"(you are uid 65534 gid 65534)\n\xfe")
+                     b"(you are uid 65534 gid 65534)\xfe")
     assert _exchange_as(daemon.name, 0, 1000, SHOW).startswith(b"error: permission denied")
     began = time.monotonic()  # a refused peer is answered before it sends anything
     assert _exchange_as(daemon.name, 65534, 65534, b"").startswith(b"error: permission denied")
     assert time.monotonic() - began < 5
     time.sleep(0.2)
     assert "refused a request from pid" in daemon.log() and "uid 65534 gid 65534" in daemon.log()
-    assert daemon.raw(SHOW) == b"\xff"
+    assert daemon.raw(SHOW) == b"no project exists\n\n\xff"
 
 
 def test_allow_group_admits_root_with_that_group(tmp_path, plugin_dir):
     d = Etmemd(tmp_path, ("--allow-group", "1000")).start()
     try:
-        assert _exchange_as(d.name, 0, 1000, SHOW) == b"\xff"
+        assert _exchange_as(d.name, 0, 1000, SHOW) == b"no project exists\n\n\xff"
         assert _exchange_as(d.name, 1000, 1000, SHOW).startswith(b"error: permission denied: etmemd accepts "
                                                                  b"requests only from uid 0 with gid 0 or 1000")
     finally:
@@ -363,21 +374,24 @@ def etmemd(*args, timeout=30):
     return subprocess.run([script("etmemd"), *args], capture_output=True, text=True, timeout=timeout)
 
 
-@pytest.mark.parametrize("argv, message", [
-    ([], "socket name of rpc to listen must be provided"),
-    (["-s", "x" * 107], "shorter than 107 bytes"),
-    (["-s", "a", "-s", "b"], "parse sock parameter repeated"),
-    (["-s", "a", "-l", "4"], "log level must be 0, 1, 2 or 3"),
-    (["-s", "a", "-l", "x"], "log level must be 0, 1, 2 or 3"),
-    (["-s", "a", "--bogus"], "parse parameters failed"),
-    (["-s", "a", "extra"], "useless parameters passed in"),
-    (["-s", "a", "--allow-group", "no-such-group-here"], "unknown group"),
-    (["-s", "a", "--config-perms", "lax"], "strict or relaxed"),
+@pytest.mark.parametrize("argv, message, usage", [
+    ([], "socket name of rpc to listen must be provided", True),
+    (["-s", "x" * 107], "shorter than 107 bytes", False),
+    (["-s", "a", "-s", "b"], "parse sock parameter repeated", False),
+    (["-s", "a", "-l", "4"], "log level must be 0, 1, 2 or 3", False),
+    (["-s", "a", "-l", "x"], "log level must be 0, 1, 2 or 3", False),
+    (["-s", "a", "--bogus"], "parse parameters failed", True),
+    (["-s", "a", "extra"], "useless parameters passed in", False),
+    (["-h", "extra"], "useless parameters passed in", False),
+    (["-s", "a", "--allow-group", "no-such-group-here"], "unknown group", False),
+    (["-s", "a", "--config-perms", "lax"], "strict or relaxed", False),
 ])
-def test_etmemd_usage_errors(argv, message):
+def test_etmemd_usage_errors_exit_255_on_stdout_as_upstream(argv, message, usage):
     result = etmemd(*argv)
-    assert result.returncode == 1
-    assert message in result.stderr and "usage of etmemd:" in result.stderr
+    assert (result.returncode, result.stderr) == (255, "")
+    assert result.stdout.startswith("error: ") and message in result.stdout.splitlines()[0]
+    assert ("usage of etmemd:" in result.stdout) == usage
+    assert result.stdout.endswith("\nfail to parse parameters to start etmemd\n")
 
 
 def test_etmemd_help():
@@ -417,11 +431,13 @@ def test_systemctl_mode_forks_writes_the_pid_file_and_removes_it_on_sigterm(tmp_
     pid_file = tmp_path / "etmemd.pid"
     result = etmemd("-s", name, "-m", "-l", "0", "--pid-file", str(pid_file))
     assert result.returncode == 0, result.stderr
-    pid = int(pid_file.read_text())
+    text = pid_file.read_text()
+    assert text.isdigit() and os.stat(pid_file).st_mode & 0o777 == 0o600   # as upstream: no newline, 0600
+    pid = int(text)
     try:
         probe = Etmemd(tmp_path, name=name)
         assert probe.listening(), "the parent must exit only once the child listens"
-        assert raw_exchange(name, SHOW) == b"\xff"
+        assert raw_exchange(name, SHOW) == b"no project exists\n\n\xff"
         with open(f"/proc/{pid}/cmdline", "rb") as f:
             assert b"etmemd" in f.read()
     finally:

@@ -1,4 +1,5 @@
-"""etmemd's logging: syslog with upstream's ident, the -l level, stderr only in the foreground."""
+"""etmemd's logging: syslog with upstream's ident and facility, the -l level (errors only by
+default, as upstream), stderr only in the foreground."""
 from __future__ import annotations
 
 import logging
@@ -35,7 +36,7 @@ def test_log_level_selects_what_reaches_syslog(syslog_calls, level, sent, capsys
     log.info("info")
     log.warning("warning")
     log.error("error")
-    assert syslog_calls[0] == ("openlog", "[etmemd] ", syslog.LOG_PID, syslog.LOG_DAEMON)
+    assert syslog_calls[0] == ("openlog", "[etmemd] ", syslog.LOG_PID, syslog.LOG_USER)
     priorities = {"debug": syslog.LOG_DEBUG, "info": syslog.LOG_INFO,
                   "warning": syslog.LOG_WARNING, "error": syslog.LOG_ERR}
     assert syslog_calls[1:] == [("syslog", priorities[m], m) for m in sent]
@@ -47,3 +48,7 @@ def test_the_foreground_also_logs_to_stderr(syslog_calls, capsys):
     logging.getLogger("etmem.model").warning("project p stopped")
     assert ("syslog", syslog.LOG_WARNING, "project p stopped") in syslog_calls
     assert capsys.readouterr().err == "etmemd: WARNING: project p stopped\n"
+
+
+def test_the_default_level_is_error_as_upstreams():
+    assert etmemd.parse_options(["-s", "x"]).level == 3

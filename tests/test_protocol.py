@@ -8,6 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from etmem import protocol
+from etmem.errors import Cause
 from etmem.protocol import Command, ProtocolError, Reply, Request
 
 # Bytes observed from upstream's C client: one ASCII request line, absent values sent as "-", no newline.
@@ -35,15 +36,18 @@ def test_requests_encode_to_upstream_client_bytes_and_back(request_, wire):
     assert protocol.decode_request(wire) == request_
 
 
-def test_show_json_is_sent_in_the_otherwise_unused_eng_cmd_field():
+def test_show_json_and_verbose_are_sent_in_the_otherwise_unused_eng_cmd_field():
     req = Request(Command.PROJECT_SHOW, engine_cmd=protocol.SHOW_JSON)
     assert req.encode() == b"proj_name - file_name - cmd 4 eng_name - eng_cmd json task_name -"
     assert protocol.decode_request(req.encode()).wants_json
+    req = Request(Command.PROJECT_SHOW, engine_cmd=protocol.SHOW_VERBOSE)
+    assert req.encode() == b"proj_name - file_name - cmd 4 eng_name - eng_cmd verbose task_name -"
+    assert protocol.decode_request(req.encode()).wants_stats
 
 
 def test_reply_tags_are_ff_for_success_and_fe_for_failure():
     assert protocol.encode_reply("", True) == b"\xff"
-    assert protocol.encode_reply("error: x\n", False) == b"error: x\n\xfe"
+    assert protocol.encode_reply("error: x", False) == b"error: x\xfe"
     assert Reply.decode(b"text\xff") == Reply("text", True)
     assert Reply.decode(b"error: no\n\xfe") == Reply("error: no\n", False)
     with pytest.raises(ProtocolError, match="without finishing"):
@@ -77,7 +81,7 @@ def test_socket_names_follow_upstreams_limit(name, ok):
     (b"proj_name p file_name - cmd 5 eng_name - eng_cmd x task_name -", "needs a engine name"),
     (b"proj_name p file_name /a cmd 2 eng_name - eng_cmd - task_name -", "takes no config file"),
     (b"proj_name -p file_name - cmd 2 eng_name - eng_cmd - task_name -", "must not start with '-'"),
-    (b"proj_name - file_name - cmd 4 eng_name - eng_cmd xml task_name -", "other than 'json'"),
+    (b"proj_name - file_name - cmd 4 eng_name - eng_cmd xml task_name -", "other than 'json' or 'verbose'"),
     (b"proj_name \xff file_name - cmd 2 eng_name - eng_cmd - task_name -", "not UTF-8"),
     (b"proj_name p\tq file_name - cmd 2 eng_name - eng_cmd - task_name -", "white space"),
     (b"x" * 513, "longer than 512"),
@@ -123,24 +127,65 @@ def test_every_valid_request_survives_encode_and_decode(cmd, project, engine, en
     assert protocol.decode_request(req.encode()) == req
 
 
-SHOWN = [{"name": "web", "started": True, "scan_type": "page", "tasks": [
-    {"number": 1, "type": "pid", "value": "1234", "name": "t1", "engine": "slide", "started": True,
-     "stats": {"rounds": 3, "last_error": "no such process", "source": None, "calls": {"swap": {"n": 2}}}},
-    {"number": 2, "type": "name", "value": "mysqld", "name": "t2", "engine": "cslide", "started": False,
-     "stats": {}},
-]}]
+SHOWN = [
+    {"name": "web", "started": True, "scan_type": "page", "tasks": [
+        {"number": 1, "type": "pid", "value": "1234", "name": "t1", "engine": "slide", "started": True,
+         "stats": {"rounds": 3, "last_error": "no such process", "source": None, "calls": {"swap": {"n": 2}},
+                   "last_round": [{"pid": 1234}]}},
+        {"number": 2, "type": "name", "value": "mysqld", "name": "t2", "engine": "slide", "started": True,
+         "stats": {}},
+        {"number": 3, "type": "name", "value": "a_process_name_", "name": "a_task_name_of_20", "engine": "cslide",
+         "started": False, "stats": {}},
+    ]},
+    {"name": "db", "started": False, "scan_type": "page", "tasks": []},
+]
+
+# What upstream's etmemd writes for these projects: printf("%-8s %-8s %-16s %-16s %-16s %-8s\n") rows,
+# projects newest first, engines newest first and their tasks newest first, numbers from 1 per
+# engine, `started` the project's state.
+UPSTREAM_SHOW = (
+    b"project: db\n"
+    b"number   type     value            name             engine           started \n"
+    b"project: web\n"
+    b"number   type     value            name             engine           started \n"
+    b"1        name     a_process_name_  a_task_name_of_20 cslide           true    \n"
+    b"1        name     mysqld           t2               slide            true    \n"
+    b"2        pid      1234             t1               slide            true    \n"
+)
 
 
-def test_show_text_has_upstreams_columns_then_the_stats():
-    text = protocol.render_show_text(SHOWN)
-    assert text.splitlines() == [
-        "project: web",
-        "number  type  value   name  engine  started",
-        "1       pid   1234    t1    slide   true",
-        "2       name  mysqld  t2    cslide  false",
-        "stats:",
-        '  t1: rounds=3 last_error="no such process" calls.swap.n=2',
+def test_show_text_is_upstreams_table_byte_for_byte():
+    assert protocol.render_show_text(SHOWN).encode() == UPSTREAM_SHOW
+
+
+def test_show_of_nothing_and_of_an_absent_project_are_upstreams_texts():
+    assert protocol.render_show_text([]) == "no project exists\n\n"
+    assert protocol.show_absent("ABSENT") == "project: project ABSENT is not existed\n\n"
+
+
+def test_verbose_show_adds_each_tasks_statistics_below_the_table():
+    text = protocol.render_show_text(SHOWN, stats=True)
+    assert text.startswith(UPSTREAM_SHOW.decode().split("project: web")[0] + "project: web\n")
+    web = text.split("project: web\n", 1)[1]
+    assert web.splitlines()[4:] == [
+        "",
+        "stats of task t1 (engine slide):",
+        "  rounds        3",
+        "  last_error    no such process",
+        "  calls.swap.n  2",
+        "",
     ]
+
+
+def test_a_failure_text_starts_with_upstreams_line_for_the_cause():
+    assert protocol.failure_text(Cause.PROJECT_MISSING) == "error: project is not exist"
+    assert protocol.failure_text(Cause.TASK_EXISTS, "t.conf:9: [task] task t1 already exists\n") == \
+        "error: task has been existed\nt.conf:9: [task] task t1 already exists"
+    assert [f"error: {c.value}" for c in Cause] == [
+        "error: invalid parameters", "error: project has been existed", "error: project is not exist",
+        "error: project has been started", "error: project has been stopped", "error: engine has been existed",
+        "error: engine is not exist", "error: task has been existed", "error: task is not exist",
+        "error: etmemd has internal error, see reason details in messages"]
 
 
 def test_show_json_is_the_managers_show_list():

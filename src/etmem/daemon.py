@@ -3,7 +3,8 @@
 `Daemon` listens on an abstract unix socket, checks each peer's credentials
 (SO_PEERCRED), reads one request line (`protocol`), runs it on a `Manager` and
 answers with text and a 0xFF/0xFE tag. Every failure a peer can cause becomes a
-failure reply; nothing a peer sends can stop the daemon.
+failure reply that starts with upstream's text for its cause (errors.cause_of);
+nothing a peer sends can stop the daemon.
 
 Config files named in `obj add`/`obj del` are resolved and checked here, before the
 Manager sees them: a relative path is taken relative to the *client's* working
@@ -26,7 +27,7 @@ from typing import Protocol
 
 from . import protocol
 from .config import decode_config
-from .errors import EtmemError, RequestRefused
+from .errors import Cause, EtmemError, ObjectError, RequestRefused, cause_of
 from .protocol import Command, ProtocolError, Request
 
 log = logging.getLogger("etmem.daemon")
@@ -251,9 +252,8 @@ class Daemon:
             # answer at once, so a refused peer cannot hold a connection slot
             log.warning("refused a request from %s: etmemd accepts only uid 0 with gid %s",
                         peer, self._gid_text())
-            self._reply(conn, protocol.error_text(
-                f"permission denied: etmemd accepts requests only from uid 0 with gid "
-                f"{self._gid_text()} (you are uid {peer.uid} gid {peer.gid})"), ok=False)
+            self._reply(conn, f"error: permission denied: etmemd accepts requests only from uid 0 "
+                              f"with gid {self._gid_text()} (you are uid {peer.uid} gid {peer.gid})", ok=False)
             try:
                 conn.shutdown(socket.SHUT_WR)
             except OSError:
@@ -266,7 +266,7 @@ class Daemon:
             request = protocol.decode_request(data)
         except ProtocolError as e:
             log.warning("bad request from %s: %s", peer, e)
-            self._reply(conn, protocol.error_text(str(e)), ok=False)
+            self._reply(conn, protocol.failure_text(Cause.INVALID, str(e)), ok=False)
             return
         except OSError as e:
             log.warning("reading the request from %s failed: %s", peer, e)
@@ -358,11 +358,11 @@ class Daemon:
             text = self._run(request, peer)
         except EtmemError as e:
             log.warning("%s failed (%s): %s", what, peer, e)
-            return protocol.error_text(str(e)), False
+            return protocol.failure_text(cause_of(e), str(e)), False
         except Exception as e:  # a bug below us must not take the daemon down
             log.exception("%s failed with an internal error", what)
-            return protocol.error_text(f"etmemd internal error: {type(e).__name__}: {e} "
-                                       f"(details in the etmemd log)"), False
+            return protocol.failure_text(Cause.INTERNAL, f"{type(e).__name__}: {e} "
+                                                         f"(details in the etmemd log)"), False
         log.debug("%s succeeded (%s)", what, peer)
         return text, True
 
@@ -389,10 +389,15 @@ class Daemon:
             log.debug("project %s stopped", request.project)
             return ""
         if cmd == Command.PROJECT_SHOW:
-            projects = m.show(request.project)
+            try:
+                projects = m.show(request.project)
+            except ObjectError as e:
+                if e.cause is not Cause.PROJECT_MISSING or request.wants_json:
+                    raise
+                return protocol.show_absent(request.project)   # upstream: a success
             if request.wants_json:
                 return protocol.render_show_json(projects)
-            return protocol.render_show_text(projects)
+            return protocol.render_show_text(projects, stats=request.wants_stats)
         assert cmd == Command.ENGINE
         text = m.engine_command(request.project, request.engine, request.engine_cmd, request.task)
         return text or ""

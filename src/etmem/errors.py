@@ -4,6 +4,7 @@ Their message is meant to be shown as it is, with no traceback.
 """
 from __future__ import annotations
 
+import enum
 import errno
 
 
@@ -50,8 +51,31 @@ class ConfigErrors(ConfigError):
         return "\n".join(ConfigError.__str__(e) for e in self.errors)
 
 
+class Cause(enum.Enum):
+    """Why a request failed, in the classes of upstream's etmemd: each value is the fixed
+    text (after `error: `) that it answers with and scripts look for."""
+
+    INVALID = "invalid parameters"
+    PROJECT_EXISTS = "project has been existed"
+    PROJECT_MISSING = "project is not exist"
+    PROJECT_STARTED = "project has been started"
+    PROJECT_STOPPED = "project has been stopped"
+    ENGINE_EXISTS = "engine has been existed"
+    ENGINE_MISSING = "engine is not exist"
+    TASK_EXISTS = "task has been existed"
+    TASK_MISSING = "task is not exist"
+    INTERNAL = "etmemd has internal error, see reason details in messages"
+
+
 class ObjectError(EtmemError):
-    """A project, engine or task that is missing, duplicated or in the wrong state."""
+    """A project, engine or task that is missing, duplicated or in the wrong state.
+
+    `cause` says which (a `Cause`); an engine's own command errors are INVALID, as upstream's.
+    """
+
+    def __init__(self, message: str, cause: Cause = Cause.INVALID):
+        super().__init__(message)
+        self.cause = cause
 
 
 class KernelFeatureMissing(EtmemError):
@@ -115,3 +139,13 @@ class ZramUnavailable(EtmemError):
 
 class WorkloadError(EtmemError):
     """The workload child could not be started."""
+
+
+def cause_of(exc: BaseException) -> Cause:
+    """The Cause of a failed request: an ObjectError's own; bad input (a config, a request,
+    a refused file) INVALID; anything else, a C engine's failure or a bug, INTERNAL."""
+    if isinstance(exc, ObjectError):
+        return exc.cause
+    if isinstance(exc, (ConfigError, ProtocolError, RequestRefused)):
+        return Cause.INVALID
+    return Cause.INTERNAL

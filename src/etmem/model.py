@@ -14,7 +14,7 @@ from typing import Any, Callable, Iterable
 
 from . import config, loader
 from .config import ProjectSpec
-from .errors import ConfigError, EtmemError, ObjectError
+from .errors import Cause, ConfigError, EtmemError, ObjectError, cause_of
 from .loader import ConfigFile, EngineConfig, TaskConfig
 from .plugins import Plugins, default_plugins
 from .rounds import RoundTimer
@@ -27,7 +27,7 @@ log = logging.getLogger("etmem")
 def _where(origin: config.Origin | None) -> str:
     if origin is None or origin.path is None:
         return ""
-    return f"{origin.path}:{origin.line}: "
+    return f"{origin.path}:{origin.line}: " if origin.line else f"{origin.path}: "
 
 
 class Project:
@@ -71,7 +71,7 @@ class Project:
         """Make an engine built for this project one of its engines."""
         with self.lock:
             if engine.name in self.engines:
-                raise ObjectError(f"engine {engine.name} already exists in project {self.name}")
+                raise ObjectError(f"engine {engine.name} already exists in project {self.name}", Cause.ENGINE_EXISTS)
             self.engines[engine.name] = engine
 
     def remove_engine(self, name: str) -> None:
@@ -86,7 +86,8 @@ class Project:
         try:
             return self.engines[name]
         except KeyError:
-            raise ObjectError(f"project {self.name} has no engine {name} (it has: {', '.join(self.engines) or 'none'})") from None
+            raise ObjectError(f"project {self.name} has no engine {name} (it has: {', '.join(self.engines) or 'none'})",
+                              Cause.ENGINE_MISSING) from None
 
     @property
     def tasks(self) -> list["Task"]:
@@ -96,7 +97,7 @@ class Project:
         """Start every task; on a failure the ones already started are stopped again."""
         with self.lock:
             if self.started:
-                raise ObjectError(f"project {self.name} is already started")
+                raise ObjectError(f"project {self.name} is already started", Cause.PROJECT_STARTED)
             done: list[Task] = []
             try:
                 for task in self.tasks:
@@ -112,7 +113,7 @@ class Project:
     def stop(self) -> None:
         with self.lock:
             if not self.started:
-                raise ObjectError(f"project {self.name} is not started")
+                raise ObjectError(f"project {self.name} is not started", Cause.PROJECT_STOPPED)
             self.started = False
             tasks = self.tasks
         for task in tasks:
@@ -166,7 +167,8 @@ class Engine:
         with self.project.lock:
             if task.name in self.tasks:
                 _quietly(self.strategy.remove_task, task.view)
-                raise ObjectError(f"task {task.name} already exists in engine {self.name} of project {self.project.name}")
+                raise ObjectError(f"task {task.name} already exists in engine {self.name} of project {self.project.name}",
+                                  Cause.TASK_EXISTS)
             self.tasks[task.name] = task
             self.view.tasks.append(task.view)
             start = self.project.started
@@ -200,7 +202,7 @@ class Engine:
             return self.tasks[name]
         except KeyError:
             raise ObjectError(f"engine {self.name} of project {self.project.name} has no task {name} "
-                              f"(it has: {', '.join(self.tasks) or 'none'})") from None
+                              f"(it has: {', '.join(self.tasks) or 'none'})", Cause.TASK_MISSING) from None
 
     def command(self, cmd: str, task: str | None = None) -> str:
         return self.strategy.command(cmd, self.task(task).view if task else None)
@@ -306,14 +308,14 @@ class Manager:
                 return self.projects[name]
             except KeyError:
                 known = ", ".join(self.projects) or "none"
-                raise ObjectError(f"project {name} does not exist (projects: {known})") from None
+                raise ObjectError(f"project {name} does not exist (projects: {known})", Cause.PROJECT_MISSING) from None
 
     # -- adding ---------------------------------------------------------------
     def add(self, project: Project) -> None:
         """Add a project built in Python (with its engines and tasks)."""
         with self._lock:
             if project.name in self.projects:
-                raise ObjectError(f"project {project.name} already exists")
+                raise ObjectError(f"project {project.name} already exists", Cause.PROJECT_EXISTS)
             self.projects[project.name] = project
 
     def add_file(self, path: str) -> list[str]:
@@ -346,7 +348,8 @@ class Manager:
             try:
                 for spec in cfg.projects:
                     if spec.name in self.projects or spec.name in new_projects:
-                        raise ObjectError(f"{_where(None if cfg.path is None else config.Origin(cfg.path))}project {spec.name} already exists")
+                        where = _where(None if cfg.path is None else config.Origin(cfg.path))
+                        raise ObjectError(f"{where}[project] project {spec.name} already exists", Cause.PROJECT_EXISTS)
                     project = Project(spec=spec, plugins=self.plugins)
                     new_projects[spec.name] = project
                 engines_by_id: dict[tuple, Engine] = {}
@@ -354,9 +357,10 @@ class Manager:
                     project = new_projects.get(ec.project) or self.projects.get(ec.project)
                     if project is None:
                         raise ObjectError(f"{_where(ec.origin)}[engine] project {ec.project} does not exist: "
-                                          f"add a [project] group with name={ec.project} first")
+                                          f"add a [project] group with name={ec.project} first", Cause.PROJECT_MISSING)
                     if ec.name in project.engines or (ec.project, ec.name) in engines_by_id:
-                        raise ObjectError(f"{_where(ec.origin)}[engine] engine {ec.name} already exists in project {ec.project}")
+                        raise ObjectError(f"{_where(ec.origin)}[engine] engine {ec.name} already exists in project {ec.project}",
+                                          Cause.ENGINE_EXISTS)
                     engine = Engine(project, config=ec)
                     new_engines.append(engine)
                     engines_by_id[(ec.project, ec.name)] = engine
@@ -366,14 +370,16 @@ class Manager:
                     if engine is None:
                         project = new_projects.get(tc.project) or self.projects.get(tc.project)
                         if project is None:
-                            raise ObjectError(f"{_where(tc.origin)}[task] project {tc.project} does not exist")
+                            raise ObjectError(f"{_where(tc.origin)}[task] project {tc.project} does not exist",
+                                              Cause.PROJECT_MISSING)
                         engine = project.engines.get(tc.engine)
                         if engine is None:
                             raise ObjectError(f"{_where(tc.origin)}[task] engine {tc.engine} does not exist in project {tc.project}: "
-                                              f"add an [engine] group for it first")
+                                              f"add an [engine] group for it first", Cause.ENGINE_MISSING)
                     ident = (tc.project, tc.engine, tc.name)
                     if tc.name in engine.tasks or ident in task_ids:
-                        raise ObjectError(f"{_where(tc.origin)}[task] task {tc.name} already exists in engine {tc.engine} of project {tc.project}")
+                        raise ObjectError(f"{_where(tc.origin)}[task] task {tc.name} already exists in engine {tc.engine} of project {tc.project}",
+                                          Cause.TASK_EXISTS)
                     task_ids.add(ident)
                     task = Task(engine, config=tc)
                     engine.join(task)
@@ -412,7 +418,7 @@ class Manager:
 
     def delete_groups(self, groups: Iterable[config.Group]) -> list[str]:
         groups = list(groups)
-        deleted, failures = [], []
+        deleted, failures, cause = [], [], Cause.INVALID
         for kind in ("task", "engine", "project"):
             for group in (g for g in groups if g.kind == kind):
                 v = group.values
@@ -431,8 +437,9 @@ class Manager:
                         deleted.append(f"project {v['name']}")
                 except EtmemError as exc:
                     failures.append(f"{group.path}:{group.line}: {exc}" if group.path and not isinstance(exc, ConfigError) else str(exc))
+                    cause = cause_of(exc)   # as upstream, the request fails with the last failure's cause
         if failures:
-            raise ObjectError("\n".join(failures))
+            raise ObjectError("\n".join(failures), cause)
         return deleted
 
     def delete_task(self, project: str, engine: str, name: str) -> None:
@@ -466,7 +473,7 @@ class Manager:
         proj = self.project(project)
         if not proj.started:
             raise ObjectError(f"project {project} is not started: engine commands need a started project "
-                              f"(etmem project start -n {project})")
+                              f"(etmem project start -n {project})", Cause.INVALID)
         return proj.engine(engine).command(cmd, task)
 
     def close(self) -> None:

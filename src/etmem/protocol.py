@@ -7,7 +7,9 @@ one request line of at most 512 bytes and no newline::
 
 with `-` for each absent value, and reads the reply: optional UTF-8 text, then one
 tag byte, 0xFF for success or 0xFE for failure. Neither byte can occur in UTF-8
-text, so the tag is unambiguous.
+text, so the tag is unambiguous. A failure's text starts with upstream's fixed line
+for its cause (`error: project is not exist`), has no newline at its end (a client
+prints one in place of the tag) and may go on with our detail on the next line.
 
 This module holds only the formats and limits: encoding and decoding requests,
 framing replies and rendering `project show`. Sockets live in `daemon` and
@@ -20,7 +22,7 @@ import json
 import re
 from dataclasses import dataclass
 
-from .errors import ProtocolError
+from .errors import Cause, ProtocolError
 
 #: Upstream reads a request into a 512-byte buffer; anything longer is refused.
 MAX_REQUEST = 512
@@ -35,9 +37,12 @@ FAILURE_TAG = bytes([FAILURE])
 ABSENT = "-"
 #: The request keys, in the order upstream sends (and its daemon expects) them.
 KEYS = ("proj_name", "file_name", "cmd", "eng_name", "eng_cmd", "task_name")
-#: `eng_cmd` value of a `project show` request asking for JSON (an extension: upstream's
-#: daemon ignores eng_cmd for show, and its client never sends it there).
+#: `eng_cmd` values of a `project show` request asking for JSON, or for the table with each
+#: task's statistics (extensions: upstream's daemon ignores eng_cmd for show, and its client
+#: never sends it there).
 SHOW_JSON = "json"
+SHOW_VERBOSE = "verbose"
+SHOW_FORMATS = (SHOW_JSON, SHOW_VERBOSE)
 
 
 class Command(enum.IntEnum):
@@ -135,13 +140,17 @@ class Request:
                                     f"({_KEY_OF_FIELD[field]} {value})")
             if value is not None:
                 check_value(_WHAT[field], value)
-        if self.cmd == Command.PROJECT_SHOW and self.engine_cmd not in (None, SHOW_JSON):
+        if self.cmd == Command.PROJECT_SHOW and self.engine_cmd not in (None, *SHOW_FORMATS):
             raise ProtocolError(f"project show takes no engine command other than "
-                                f"{SHOW_JSON!r} (got {self.engine_cmd!r})")
+                                f"{SHOW_JSON!r} or {SHOW_VERBOSE!r} (got {self.engine_cmd!r})")
 
     @property
     def wants_json(self) -> bool:
         return self.cmd == Command.PROJECT_SHOW and self.engine_cmd == SHOW_JSON
+
+    @property
+    def wants_stats(self) -> bool:
+        return self.cmd == Command.PROJECT_SHOW and self.engine_cmd == SHOW_VERBOSE
 
     def encode(self) -> bytes:
         """The exact bytes upstream's client sends for this request."""
@@ -229,14 +238,27 @@ class Reply:
         return cls(data[:at].decode("utf-8", "replace"), data[at] == SUCCESS)
 
 
-def error_text(message: str) -> str:
-    """Failure reply text in upstream's style: `error: ...` and a newline."""
-    return f"error: {message}\n"
+def failure_text(cause: Cause, detail: str = "") -> str:
+    """A failure reply's text: upstream's fixed line for the cause, then our detail on the
+    next line; no newline at the end (upstream's client prints one in place of the tag)."""
+    head = f"error: {cause.value}"
+    detail = detail.strip("\n")
+    return f"{head}\n{detail}" if detail else head
 
 
 # -- project show -----------------------------------------------------------------
 
 SHOW_COLUMNS = ("number", "type", "value", "name", "engine", "started")
+#: Upstream's printf formats of the table's header and rows.
+SHOW_HEADER = "%-8s %-8s %-16s %-16s %-16s %-8s\n" % SHOW_COLUMNS
+SHOW_ROW = "%-8d %-8s %-16s %-16s %-16s %-8s\n"
+#: Upstream's replies when there is nothing to show (both successes).
+NO_PROJECTS = "no project exists\n\n"
+
+
+def show_absent(name: str) -> str:
+    """The reply to `project show -n NAME` for a project that does not exist (a success)."""
+    return f"project: project {name} is not existed\n\n"
 
 
 def _flatten(stats: dict, prefix: str = "") -> list[tuple[str, object]]:
@@ -257,36 +279,50 @@ def _cell(value: object) -> str:
     return str(value)
 
 
-def _stat_value(value: object) -> str:
-    text = _cell(value)
-    return json.dumps(text) if (not text or _BAD_CHAR.search(text) or '"' in text) else text
+def _by_engine_newest_first(tasks: list[dict]) -> list[list[dict]]:
+    """The tasks of one project as upstream lists them: engines newest first, each engine's
+    tasks newest first (upstream inserts both at the head of their lists)."""
+    engines: dict[str, list[dict]] = {}
+    for task in tasks:
+        engines.setdefault(task["engine"], []).append(task)
+    return [list(reversed(group)) for group in reversed(list(engines.values()))]
 
 
-def render_show_text(projects: list[dict]) -> str:
-    """`project show` as text: per project a `project: NAME` line, upstream's task table
-    (number type value name engine started) and then each task's statistics as
-    `key=value` words (None left out, values with spaces in double quotes; per-target
-    lists such as extra.last_round only in `-o json`)."""
-    blocks = []
-    for project in projects:
-        lines = [f"project: {project['name']}"]
-        rows = [SHOW_COLUMNS] + [tuple(_cell(task.get(c, "")) for c in SHOW_COLUMNS)
-                                 for task in project.get("tasks", [])]
-        widths = [max(len(row[i]) for row in rows) for i in range(len(SHOW_COLUMNS))]
-        for row in rows:
-            lines.append("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
-        stats_lines = []
-        for task in project.get("tasks", []):
-            pairs = [(k, v) for k, v in _flatten(task.get("stats") or {})
-                     if v is not None and not isinstance(v, (list, tuple))]
-            if pairs:
-                stats_lines.append(f"  {task['name']}: "
-                                   + " ".join(f"{k}={_stat_value(v)}" for k, v in pairs))
-        if stats_lines:
-            lines.append("stats:")
-            lines.extend(stats_lines)
-        blocks.append("\n".join(lines) + "\n")
-    return "\n".join(blocks)
+def _stats_lines(task: dict) -> list[str]:
+    pairs = [(k, _cell(v).replace("\n", "; ")) for k, v in _flatten(task.get("stats") or {})
+             if v is not None and not isinstance(v, (list, tuple))]
+    if not pairs:
+        return []
+    width = max(len(k) for k, _ in pairs)
+    return ["", f"stats of task {task['name']} (engine {task['engine']}):"] + \
+           [f"  {k.ljust(width)}  {v}" for k, v in pairs]
+
+
+def render_show_text(projects: list[dict], stats: bool = False) -> str:
+    """`project show` as upstream's etmemd writes it: projects newest first, each a
+    `project: NAME` line and upstream's table (task numbers counting from 1 for each engine,
+    `started` the project's state); `no project exists` and a blank line when there is none.
+
+    stats=True (`-v`) adds each task's statistics below its project's table, one
+    `key  value` line each (nested keys joined with `.`, empty values and per-target
+    lists left out: those are in `-o json`)."""
+    if not projects:
+        return NO_PROJECTS
+    out: list[str] = []
+    for project in reversed(projects):
+        out.append(f"project: {project['name']}\n")
+        out.append(SHOW_HEADER)
+        started = "true" if project.get("started") else "false"
+        shown: list[dict] = []
+        for engine_tasks in _by_engine_newest_first(project.get("tasks", [])):
+            for number, task in enumerate(engine_tasks, start=1):
+                out.append(SHOW_ROW % (number, task["type"], _cell(task["value"]), task["name"],
+                                       task["engine"], started))
+                shown.append(task)
+        if stats:
+            lines = [line for task in shown for line in _stats_lines(task)]
+            out.extend(line + "\n" for line in lines + ([""] if lines else []))
+    return "".join(out)
 
 
 def render_show_json(projects: list[dict]) -> str:

@@ -1,9 +1,10 @@
 """The `etmem` command: upstream's client commands plus etmem-for-Python's own.
 
 `obj`, `project` and `engine` talk to etmemd exactly as upstream's client does
-(`cli.client`). `config`, `plugins`, `kernel` and `demo` are modules of their own, imported
-only when used, each with `set_argparser(parser)` and `main(args)`. This file only
-wires them, and makes sure no command ends in a traceback.
+(`cli.client`), and `etmem`, `etmem help` and `etmem --help` answer as upstream's do.
+`config`, `plugins`, `kernel` and `demo` are modules of their own, imported only when
+used, each with `set_argparser(parser)` and `main(args)`. This file only wires them, and
+makes sure no command ends in a traceback.
 """
 from __future__ import annotations
 
@@ -26,7 +27,7 @@ Parameters:
 Commands:
     obj add|del -f FILE -s SOCK        add or delete the projects, engines and tasks of a config file
     project start|stop -n NAME -s SOCK start or stop a project
-    project show [-n NAME] -s SOCK     show projects, their tasks and statistics (-o json for JSON)
+    project show [-n NAME] -s SOCK     show projects and their tasks (-v: statistics too, -o json: as JSON)
     engine CMD -n PROJ -e ENG -s SOCK  run an engine's own command, e.g. showtaskpages (-t TASK)
     config check|keys ...              validate config files offline, list each group's keys
     plugins                            list the strategy plugins etmem has loaded
@@ -42,6 +43,7 @@ Run 'etmem OBJECT help' for the options of obj, project and engine.
 EXTRA_COMMANDS = {"config": "config_cmd", "plugins": "plugins_cmd", "kernel": "kernel_cmd",
                   "systemd-unit": "systemd_cmd", "demo": "demo"}
 CLIENT_GROUPS = ("obj", "project", "engine")
+USAGE_STATUS = 234   # upstream: -EINVAL
 
 
 def _run_extra(name: str, argv: list[str]) -> int:
@@ -61,24 +63,28 @@ def _run_extra(name: str, argv: list[str]) -> int:
 
 
 def _dispatch(argv: list[str]) -> int:
+    """Upstream's top level: `etmem help` alone prints the usage and exits 0; no object, an
+    unknown one, `--help` or anything after `help` prints it (on stdout) and exits 234."""
     if not argv:
-        sys.stderr.write(USAGE)
-        return 234  # upstream: -EINVAL
+        sys.stdout.write(USAGE)
+        return USAGE_STATUS
     head, rest = argv[0], argv[1:]
     if head in ("--version", "-V"):
         print(f"etmem {__version__}")
         return 0
-    if head in ("help", "-h", "--help"):
+    if head == "help":
         sys.stdout.write(USAGE)
-        return 0
+        return USAGE_STATUS if rest else 0
     if head in CLIENT_GROUPS:
         from . import client
 
         return client.main(head, rest)
     if head in EXTRA_COMMANDS:
         return _run_extra(head, rest)
-    sys.stderr.write(f"etmem: unknown object {head!r}\n{USAGE}")
-    return 234
+    if head not in ("-h", "--help"):
+        sys.stdout.write(f"etmem: unknown object {head!r}\n")
+    sys.stdout.write(USAGE)
+    return USAGE_STATUS
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -2,9 +2,10 @@
 
 Options are parsed like upstream's getopt_long (options and values in any order,
 `-s NAME`, `--socket NAME`, `--socket=NAME`), the request bytes are exactly what
-upstream's client sends, and the exit status follows upstream: 0 on success, the
-negative errno as a byte otherwise (234 for a usage error, 186 after a failure
-reply, 111 when no etmemd listens).
+upstream's client sends, everything is written to stdout as upstream's client does, and
+the exit status is upstream's: 0 on success, else its negative return value as a byte
+(234 for a bad option, 255 for an unknown command or a bad `engine` command line, 249 for
+left-over words, 186 after a failure reply, 111 when no etmemd listens).
 """
 from __future__ import annotations
 
@@ -48,7 +49,8 @@ Usage:
 Options:
     -n|--name <proj_name>       Add project name
     -s|--socket <socket_name>   Socket name to connect
-    -o|--output <format>        Output of show: text (default) or json
+    -v|--verbose                show: each task's statistics below the table
+    -o|--output <format>        show: text (default) or json
 
 Notes:
     1. Project name and socket name must be given when execute start or stop option.
@@ -77,23 +79,45 @@ Notes:
 
 HELP = {"obj": OBJ_HELP, "project": PROJECT_HELP, "engine": ENGINE_HELP}
 
-#: Exit statuses: upstream returns a negative errno from main, which the shell sees
-#: as that value modulo 256.
-EXIT_USAGE = -errno.EINVAL % 256        # 234
-EXIT_FAILED_REPLY = -errno.ECOMM % 256  # 186
-EXIT_NO_DAEMON = errno.ECONNREFUSED     # 111
+#: The lines upstream's client prints after a failed connection or reply.
+CONN_FAILED = "etmem_client_conn failed."
+RECV_FAILED = "etmem_client_recv failed."
+
+#: Exit statuses: upstream's client returns a negative errno (or -1) from main, which the
+#: shell sees modulo 256; `etmem: error N` shows the number itself.
+CODE_USAGE = -errno.EINVAL        # 234: a missing or bad option of obj or project
+CODE_FAILED = -1                  # 255: a command obj/project lacks, any usage error of engine,
+                                  #      a socket name too long, a request too long to send
+CODE_TOO_MANY = -errno.E2BIG      # 249: words left over after obj's or project's options
+CODE_FAILED_REPLY = -errno.ECOMM  # 186: a failure reply, or the reply was cut off
+EXIT_USAGE = CODE_USAGE % 256
+EXIT_FAILED_REPLY = CODE_FAILED_REPLY % 256
+EXIT_NO_DAEMON = errno.ECONNREFUSED     # 111: upstream returns connect()'s errno as it is
 
 
 class UsageError(Exception):
-    """A command line that cannot be turned into a request."""
+    """A command line that cannot be turned into a request; `code` is upstream's return value."""
+
+    def __init__(self, message: str, code: int = CODE_USAGE):
+        super().__init__(message)
+        self.code = code
 
 
 class ConnectError(Exception):
-    """No etmemd could be reached, or the conversation broke off."""
+    """No etmemd could be reached, or the conversation broke off.
 
-    def __init__(self, message: str, status: int):
+    `code` is what upstream's client returns in that case, `step` the line it prints
+    after its own message (`etmem_client_conn failed.` ...).
+    """
+
+    def __init__(self, message: str, code: int, step: str):
         super().__init__(message)
-        self.status = status
+        self.code = code
+        self.step = step
+
+    @property
+    def status(self) -> int:
+        return self.code % 256
 
 
 def request(socket_name: str, req: Request, *, send_timeout: float = SEND_TIMEOUT,
@@ -109,14 +133,18 @@ def request(socket_name: str, req: Request, *, send_timeout: float = SEND_TIMEOU
         sock.settimeout(send_timeout)
         try:
             sock.connect(address)
-        except (ConnectionRefusedError, FileNotFoundError):
-            raise ConnectError(f"cannot connect to etmemd on socket {socket_name}: "
-                               f"is etmemd running?", EXIT_NO_DAEMON) from None
+        except TimeoutError:
+            raise ConnectError(f"etmem connect to server failed: etmemd on socket {socket_name} did not "
+                               f"accept the connection in time", errno.ETIMEDOUT, CONN_FAILED) from None
         except OSError as e:
-            raise ConnectError(f"cannot connect to etmemd on socket {socket_name}: "
-                               f"{e.strerror or e}", EXIT_NO_DAEMON) from None
+            hint = " (is etmemd running on socket " + socket_name + "?)" if e.errno == errno.ECONNREFUSED else ""
+            raise ConnectError(f"etmem connect to server failed: {e.strerror or e}{hint}",
+                               e.errno or errno.ECONNREFUSED, CONN_FAILED) from None
         try:
             sock.sendall(data)
+        except OSError as e:
+            raise ConnectError(f"send failed: {e.strerror or e}", CODE_FAILED, "etmem_client_send failed.") from None
+        try:
             sock.settimeout(recv_timeout)
             received = bytearray()
             while protocol.find_tag(received) < 0:
@@ -125,15 +153,15 @@ def request(socket_name: str, req: Request, *, send_timeout: float = SEND_TIMEOU
                     break
                 received += chunk
         except TimeoutError:
-            raise ConnectError(f"etmemd on socket {socket_name} did not answer in time",
-                               EXIT_FAILED_REPLY) from None
+            raise ConnectError(f"recv failed: etmemd on socket {socket_name} did not answer in time",
+                               CODE_FAILED_REPLY, RECV_FAILED) from None
         except OSError as e:
-            raise ConnectError(f"talking to etmemd on socket {socket_name} failed: "
-                               f"{e.strerror or e}", EXIT_FAILED_REPLY) from None
+            raise ConnectError(f"recv failed: {e.strerror or e}", CODE_FAILED_REPLY, RECV_FAILED) from None
     try:
         return Reply.decode(bytes(received))
     except ProtocolError as e:
-        raise ConnectError(f"{e} (socket {socket_name})", EXIT_FAILED_REPLY) from None
+        raise ConnectError(f"connection closed by peer: {e} (socket {socket_name})",
+                           CODE_FAILED_REPLY, RECV_FAILED) from None
 
 
 @dataclass
@@ -148,7 +176,7 @@ class Invocation:
 
 _GETOPT = {
     "obj": ("f:s:", ["file=", "socket="]),
-    "project": ("n:s:o:", ["name=", "socket=", "output="]),
+    "project": ("n:s:o:v", ["name=", "socket=", "output=", "verbose"]),
     "engine": ("n:s:e:t:", ["proj_name=", "socket=", "engine=", "task_name="]),
 }
 _OPTION_FIELD = {
@@ -158,46 +186,46 @@ _OPTION_FIELD = {
     "-e": "engine", "--engine": "engine",
     "-t": "task", "--task_name": "task",
     "-o": "output", "--output": "output",
+    "-v": "verbose", "--verbose": "verbose",
+}
+_COMMANDS = {
+    "obj": {"add": Command.OBJ_ADD, "del": Command.OBJ_DEL},
+    "project": {"start": Command.PROJECT_START, "stop": Command.PROJECT_STOP, "show": Command.PROJECT_SHOW},
 }
 
 
 def parse(group: str, argv: list[str]) -> Invocation:
-    """Turn `etmem GROUP ARGV...` into a request; UsageError says what is wrong.
+    """Turn `etmem GROUP ARGV...` into a request; UsageError says what is wrong, and its
+    code is upstream's (every usage error of `engine` is -1, as upstream's engine command
+    returns -1 for all of them).
 
-    argv[0] is the command (add, del, start, stop, show, or an engine command).
+    argv[0] is the command (add, del, start, stop, show, or an engine command). An option
+    given twice keeps its last value, as getopt does.
     """
     command = argv[0]
-    if group == "obj":
-        commands = {"add": Command.OBJ_ADD, "del": Command.OBJ_DEL}
-    elif group == "project":
-        commands = {"start": Command.PROJECT_START, "stop": Command.PROJECT_STOP,
-                    "show": Command.PROJECT_SHOW}
-    else:
-        commands = {}
+    commands = _COMMANDS.get(group, {})
+    usage_code = CODE_FAILED if group == "engine" else CODE_USAGE
     if group == "engine" and command.startswith("-"):
-        raise UsageError("engine command must be given, please check.")
+        raise UsageError("engine command must be given, please check.", CODE_FAILED)
     if commands and command not in commands:
         raise UsageError(f"{group} command {command} is not supported "
-                         f"(use one of: {', '.join(commands)}, help)")
+                         f"(use one of: {', '.join(commands)}, help)", CODE_FAILED)
     shortopts, longopts = _GETOPT[group]
     try:
         opts, rest = getopt.gnu_getopt(argv[1:], shortopts, longopts)
     except getopt.GetoptError as e:
-        raise UsageError(f"invalid option: {e.msg}") from None
-    if rest:
-        raise UsageError(f"useless parameters passed in: {' '.join(rest)}")
-    values: dict[str, str] = {}
-    for opt, value in opts:
-        field = _OPTION_FIELD[opt]
-        if field in values:
-            raise UsageError(f"option {opt} given more than once")
-        values[field] = value
+        raise UsageError(f"invalid option: {e.msg}", usage_code) from None
+    if rest and opts:  # upstream counts left-over words only when options were given
+        raise UsageError(f"useless parameters passed in: {' '.join(rest)}",
+                         CODE_FAILED if group == "engine" else CODE_TOO_MANY)
+    values: dict[str, str] = {_OPTION_FIELD[opt]: value for opt, value in opts}
     socket_name = values.get("socket")
     if not socket_name:
-        raise UsageError("socket name to connect must be given, please check.")
+        raise UsageError("socket name to connect must be given, please check.", usage_code)
     output = values.get("output", "text")
     if output not in ("text", "json"):
         raise UsageError(f"output format must be text or json, not {output!r}")
+    verbose = "verbose" in values
     if group == "obj":
         if not values.get("file"):
             raise UsageError("configuration file must be given, please check.")
@@ -206,57 +234,61 @@ def parse(group: str, argv: list[str]) -> Invocation:
         cmd = commands[command]
         if cmd != Command.PROJECT_SHOW and not values.get("project"):
             raise UsageError("project name must be given, please check.")
-        if output == "json" and cmd != Command.PROJECT_SHOW:
-            raise UsageError("-o/--output applies only to project show")
-        req = Request(cmd, project=values.get("project"),
-                      engine_cmd=protocol.SHOW_JSON if output == "json" else None)
+        if (output == "json" or verbose) and cmd != Command.PROJECT_SHOW:
+            raise UsageError("-o/--output and -v/--verbose apply only to project show")
+        if output == "json" and verbose:
+            raise UsageError("-v/--verbose is for the text output; -o json has the statistics already")
+        show_format = protocol.SHOW_JSON if output == "json" else protocol.SHOW_VERBOSE if verbose else None
+        req = Request(cmd, project=values.get("project"), engine_cmd=show_format)
     else:
         if not values.get("project"):
-            raise UsageError("project name must be given, please check.")
+            raise UsageError("project name must be given, please check.", CODE_FAILED)
         if not values.get("engine"):
-            raise UsageError("engine name must be given, please check.")
+            raise UsageError("engine name must be given, please check.", CODE_FAILED)
         req = Request(Command.ENGINE, project=values["project"], engine=values["engine"],
                       engine_cmd=command, task=values.get("task"))
     try:
         protocol.check_socket_name(socket_name)
+    except ProtocolError as e:
+        raise UsageError(str(e), CODE_FAILED) from None
+    try:
+        req.validate()
+    except ProtocolError as e:
+        raise UsageError(str(e), usage_code) from None
+    try:
         req.encode()
     except ProtocolError as e:
-        raise UsageError(str(e)) from None
+        raise UsageError(str(e), CODE_FAILED) from None
     return Invocation(group, socket_name, req, output)
 
 
-def _write(stream, text: str) -> None:
-    if text:
-        stream.write(text if text.endswith("\n") else text + "\n")
-        stream.flush()
-
-
 def main(group: str, argv: list[str]) -> int:
-    """Run `etmem GROUP ARGV...`; returns the exit status."""
+    """Run `etmem GROUP ARGV...`; returns the exit status.
+
+    Everything goes to stdout, as upstream's client writes it: the reply, and after a
+    failure the reason, upstream's `... failed.` line, `etmem: error N` and the usage.
+    """
     help_text = HELP[group]
+    out = sys.stdout
     if not argv:
-        sys.stderr.write(help_text)
+        out.write(help_text)
         return EXIT_USAGE
-    if argv[0] in ("help", "-h", "--help"):
-        sys.stdout.write(help_text)
+    if argv[0] == "help":
+        out.write(help_text)
         return 0
     try:
         inv = parse(group, argv)
     except UsageError as e:
-        sys.stderr.write(f"{e}\netmem: error {-errno.EINVAL}\n{help_text}")
-        return EXIT_USAGE
+        out.write(f"{e}\netmem: error {e.code}\n{help_text}")
+        return e.code % 256
     try:
         reply = request(inv.socket_name, inv.request)
     except ConnectError as e:
-        sys.stderr.write(f"etmem: {e}\n")
+        out.write(f"{e}\n{e.step}\netmem: error {e.code}\n{help_text}")
         return e.status
-    except ProtocolError as e:
-        sys.stderr.write(f"etmem: {e}\n")
-        return EXIT_USAGE
     if not reply.ok:
-        # upstream's client prints the reply, these two lines and the usage
-        _write(sys.stderr, reply.text)
-        sys.stderr.write(f"etmem_client_recv failed.\netmem: error {-errno.ECOMM}\n{help_text}")
+        # as upstream's client: the reply with a newline in place of the tag, then these lines
+        out.write(f"{reply.text}\n{RECV_FAILED}\netmem: error {CODE_FAILED_REPLY}\n{help_text}")
         return EXIT_FAILED_REPLY
     if inv.output == "json":
         try:
@@ -264,7 +296,8 @@ def main(group: str, argv: list[str]) -> int:
         except ValueError:
             sys.stderr.write("etmem: etmemd did not answer in JSON (an upstream etmemd "
                              "cannot; drop -o json)\n")
-            _write(sys.stderr, reply.text)
+            sys.stderr.write(reply.text)
             return 1
-    _write(sys.stdout, reply.text)
+    out.write(reply.text)
+    out.flush()
     return 0

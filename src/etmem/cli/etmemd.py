@@ -2,8 +2,10 @@
 
 `etmemd -s NAME [-l 0..3] [-m]` serves the `Manager` on abstract socket NAME
 (`etmem.daemon`). Logs go to syslog/journald under upstream's ident `[etmemd] `,
-and to stderr as well when running in the foreground. With `-m` the process forks:
-the parent writes the pid file and exits once the child listens, as systemd's
+facility user, errors only unless `-l` says otherwise, and to stderr as well when
+running in the foreground. A bad command line is answered on stdout with exit status
+255, as upstream's. With `-m` the process forks: the parent writes the pid file (the
+pid, no newline, mode 0600) and exits once the child listens, as systemd's
 Type=forking expects. SIGTERM or SIGINT stops every project and removes the pid file.
 """
 from __future__ import annotations
@@ -23,7 +25,7 @@ usage of etmemd:
     etmemd [options]
 
 options:
-    -l|--log-level <log-level>  Log level (0 debug, 1 info, 2 warning, 3 error; default 1)
+    -l|--log-level <log-level>  Log level (0 debug, 1 info, 2 warning, 3 error; default 3)
     -s|--socket <sockect name>  Socket name to listen to
     -m|--mode-systemctl         mode used to start(systemctl)
     -h|--help                   Show this message
@@ -41,7 +43,9 @@ etmem for Python options:
 DEFAULT_PID_FILE = "/run/etmemd.pid"
 SYSLOG_IDENT = "[etmemd] "
 LEVELS = {0: logging.DEBUG, 1: logging.INFO, 2: logging.WARNING, 3: logging.ERROR}
-DEFAULT_LEVEL = 1
+DEFAULT_LEVEL = 3          # upstream: errors only
+#: Upstream's etmemd returns -1 from main for a bad command line.
+EXIT_BAD_COMMAND_LINE = 255
 _SYSLOG_PRIORITY = {logging.DEBUG: syslog.LOG_DEBUG, logging.INFO: syslog.LOG_INFO,
                     logging.WARNING: syslog.LOG_WARNING, logging.ERROR: syslog.LOG_ERR,
                     logging.CRITICAL: syslog.LOG_CRIT}
@@ -54,7 +58,7 @@ class SyslogHandler(logging.Handler):
 
     def __init__(self) -> None:
         super().__init__()
-        syslog.openlog(SYSLOG_IDENT, syslog.LOG_PID, syslog.LOG_DAEMON)
+        syslog.openlog(SYSLOG_IDENT, syslog.LOG_PID, syslog.LOG_USER)
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
@@ -77,7 +81,11 @@ class Options:
 
 
 class UsageError(Exception):
-    pass
+    """A command line etmemd cannot start with; `show_usage` where upstream prints the usage too."""
+
+    def __init__(self, message: str, show_usage: bool = False):
+        super().__init__(message)
+        self.show_usage = show_usage
 
 
 def _group_id(value: str) -> int:
@@ -97,7 +105,7 @@ def parse_options(argv: list[str]) -> Options:
             "log-level=", "socket=", "mode-systemctl", "help", "version",
             "allow-group=", "config-perms=", "pid-file="])
     except getopt.GetoptError as e:
-        raise UsageError(f"parse parameters failed: {e.msg}") from None
+        raise UsageError(f"parse parameters failed: {e.msg}", show_usage=True) from None
     if rest:
         raise UsageError(f"useless parameters passed in: {' '.join(rest)}")
     o = Options()
@@ -129,7 +137,7 @@ def parse_options(argv: list[str]) -> Options:
         elif opt == "--pid-file":
             o.pid_file = value
     if not (o.help or o.version) and o.socket_name is None:
-        raise UsageError("socket name of rpc to listen must be provided")
+        raise UsageError("socket name of rpc to listen must be provided", show_usage=True)
     return o
 
 
@@ -149,9 +157,11 @@ def setup_logging(level: int, foreground: bool) -> None:
 
 
 def _write_pid_file(path: str, pid: int) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+    """The pid as upstream writes it: digits only, no newline, a file of mode 0600."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
     with os.fdopen(fd, "w") as f:
-        f.write(f"{pid}\n")
+        os.fchmod(f.fileno(), 0o600)   # an older file keeps its mode through O_CREAT
+        f.write(str(pid))
 
 
 def _remove_pid_file(path: str) -> None:
@@ -257,8 +267,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         o = parse_options(argv)
     except UsageError as e:
-        sys.stderr.write(f"error: {e}\n{USAGE}")
-        return 1
+        sys.stdout.write(f"error: {e}\n{USAGE if e.show_usage else ''}"
+                         "fail to parse parameters to start etmemd\n")
+        return EXIT_BAD_COMMAND_LINE
     if o.help:
         sys.stdout.write(USAGE)
         return 0
