@@ -6,6 +6,8 @@ so nothing here boots a full guest.
 from __future__ import annotations
 
 import os
+import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -68,3 +70,72 @@ def test_a_guest_past_its_time_limit_is_killed_and_fails_the_vm_tests(tmp_path):
     assert inner.returncode == 1, inner.stdout
     assert "1 failed" in inner.stdout
     assert "the guest did not finish within ETMEM_VM_TIMEOUT=3 s and was killed" in inner.stdout
+
+
+@pytest.fixture
+def kernel_places(tmp_path, monkeypatch):
+    """A repository beside an empty shared/testvm, an empty cache, no installed kernel."""
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    (tmp_path / "shared" / "testvm").mkdir(parents=True)
+    monkeypatch.delenv("ETMEM_VM_KERNEL", raising=False)
+    monkeypatch.setenv("ETMEM_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(vm_harness, "INSTALLED_KERNELS", str(tmp_path / "boot" / "vmlinuz-6.12*-amd64"))
+    return repo
+
+
+def put(path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(b"kernel")
+    return path
+
+
+def test_the_harness_names_the_scripts_that_get_a_kernel_when_it_finds_none(kernel_places, tmp_path):
+    with pytest.raises(vm_harness.VmUnavailable) as exc:
+        vm_harness.find_kernel(kernel_places)
+    assert "testvm/fetch-debian-kernel" in str(exc.value) and "testvm/build-kernel" in str(exc.value)
+    assert str(tmp_path / "cache" / "kernels") in str(exc.value)
+    for script in ("fetch-debian-kernel", "build-kernel"):
+        assert os.access(TESTS.parent / "testvm" / script, os.X_OK), script
+
+
+def test_kernel_lookup_order_prebuilt_then_built_then_debians_unpacked_then_installed(kernel_places, tmp_path,
+                                                                                       monkeypatch):
+    kernels = tmp_path / "cache" / "kernels"
+    installed = put(tmp_path / "boot" / "vmlinuz-6.12.9-amd64")
+    assert vm_harness.find_kernel(kernel_places) == installed
+    put(kernels / "debian-6.12.9+deb12-amd64" / "boot" / "vmlinuz-6.12.9+deb12-amd64")
+    newer = put(kernels / "debian-6.12.10+deb12-amd64" / "boot" / "vmlinuz-6.12.10+deb12-amd64")
+    assert vm_harness.find_kernel(kernel_places) == newer  # 10 > 9, not as text
+    built = put(kernels / "bzImage-6.12.117-etmem")
+    assert vm_harness.find_kernel(kernel_places) == built
+    prebuilt = put(tmp_path / "shared" / "testvm" / vm_harness.TEST_KERNEL)
+    assert vm_harness.find_kernel(kernel_places) == prebuilt
+    mine = put(tmp_path / "my-bzImage")
+    monkeypatch.setenv("ETMEM_VM_KERNEL", str(mine))
+    assert vm_harness.find_kernel(kernel_places) == mine
+
+
+def test_the_cache_is_under_xdg_cache_home_unless_etmem_cache_is_set(monkeypatch, tmp_path):
+    monkeypatch.delenv("ETMEM_CACHE", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    assert vm_harness.kernel_cache() == tmp_path / "etmem" / "kernels"
+    monkeypatch.setenv("ETMEM_CACHE", str(tmp_path / "c"))
+    assert vm_harness.kernel_cache() == tmp_path / "c" / "kernels"
+
+
+def test_fetch_debian_kernel_leaves_the_image_where_the_harness_looks(kernel_places, tmp_path):
+    # An image already unpacked is reused (no download here): the path the script prints is
+    # the harness's pick, so the two agree on the cache.
+    meta = subprocess.run(["apt-cache", "depends", "linux-image-6.12-amd64"], capture_output=True, text=True) \
+        if shutil.which("apt-cache") else None
+    package = re.search(r"Depends: (linux-image-\S+)", meta.stdout) if meta else None
+    if package is None:
+        pytest.skip("apt knows no linux-image-6.12-amd64 here (not Debian 12, or no apt-get update)")
+    release = package.group(1).removeprefix("linux-image-")
+    image = put(tmp_path / "cache" / "kernels" / f"debian-{release}" / "boot" / f"vmlinuz-{release}")
+    (image.parent.parent / ".unpacked").touch()
+    out = subprocess.run([str(TESTS.parent / "testvm" / "fetch-debian-kernel")], capture_output=True, text=True,
+                         env={**os.environ, "ETMEM_CACHE": str(tmp_path / "cache")}, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert Path(out.stdout.strip()) == image == vm_harness.find_kernel(kernel_places)

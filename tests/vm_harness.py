@@ -10,7 +10,9 @@ Inside the guest (ETMEM_IN_VM=1) it only writes each report to a results file.
 
 Environment knobs (see docs/testing.md):
   ETMEM_VM_KERNEL   kernel image to boot (default: ../shared/testvm/bzImage-6.12.117-etmem
-                    beside the repository, then /boot/vmlinuz-6.12*-amd64)
+                    beside the repository, then the cache's kernels/ (what testvm/build-kernel
+                    and testvm/fetch-debian-kernel put there), then /boot/vmlinuz-6.12*-amd64)
+  ETMEM_CACHE       that cache (default ${XDG_CACHE_HOME:-~/.cache}/etmem)
   ETMEM_VM_TIMEOUT  seconds for boot plus all guest tests (default 720)
   ETMEM_VM_ARGS     extra vng arguments, split like a shell would
 """
@@ -36,6 +38,7 @@ from _pytest.reports import TestReport
 IN_VM = "ETMEM_IN_VM"
 RESULTS = "ETMEM_VM_RESULTS"
 TEST_KERNEL = "bzImage-6.12.117-etmem"
+INSTALLED_KERNELS = "/boot/vmlinuz-6.12*-amd64"  # Debian's, if installed as a host kernel
 _GUEST_UP = re.compile(r"^vm: guest up ([0-9.]+) s", re.M)
 # The group takes 4-5 minutes here, but runs of the same tests on this shared machine took up
 # to twice as long: the guard leaves room for that and still ends a hung guest.
@@ -134,8 +137,24 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:
             terminalreporter.write_line(line)
 
 
+def kernel_cache() -> Path:
+    """Where testvm/build-kernel and testvm/fetch-debian-kernel leave kernels (kept in step)."""
+    cache = os.environ.get("ETMEM_CACHE") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "etmem")
+    return Path(cache) / "kernels"
+
+
+def _newest(pattern: str) -> Path | None:
+    """The file matching `pattern` with the highest version numbers in its name."""
+    def version(path: str) -> list[int]:
+        return [int(n) for n in re.findall(r"\d+", os.path.basename(path))]
+    found = sorted(glob.glob(pattern), key=version)
+    return Path(found[-1]) if found else None
+
+
 def find_kernel(rootdir: Path) -> Path:
-    """The kernel image to boot: ETMEM_VM_KERNEL, the project's test kernel, Debian's 6.12."""
+    """The kernel image to boot: ETMEM_VM_KERNEL, the test kernel (prebuilt beside the
+    repository, or built into the cache), Debian's 6.12 (unpacked into the cache, or installed)."""
     override = os.environ.get("ETMEM_VM_KERNEL")
     if override:
         path = Path(override)
@@ -145,11 +164,29 @@ def find_kernel(rootdir: Path) -> Path:
     shared = rootdir.parent / "shared" / "testvm" / TEST_KERNEL
     if shared.is_file():
         return shared
-    debian = sorted(glob.glob("/boot/vmlinuz-6.12*-amd64"))
-    if debian:
-        return Path(debian[-1])
-    raise VmUnavailable(f"no kernel image to boot: neither {shared} nor /boot/vmlinuz-6.12*-amd64 exists "
-                        "(apt-get install linux-image-6.12-amd64, or set ETMEM_VM_KERNEL)")
+    cache = kernel_cache()
+    # Debian's image unpacked with its modules beside it (boot/ and lib/modules/ under one
+    # root): virtme-ng packs the virtio modules and links the rest into the guest.
+    found = (_newest(str(cache / "bzImage-6.12*-etmem"))
+             or _newest(str(cache / "debian-6.12*" / "boot" / "vmlinuz-6.12*"))
+             or _newest(INSTALLED_KERNELS))
+    if found:
+        return found
+    raise VmUnavailable(f"no kernel image to boot: no {shared}, no kernel in {cache} and no "
+                        f"{INSTALLED_KERNELS} (testvm/fetch-debian-kernel unpacks Debian's "
+                        "into the cache in a minute, testvm/build-kernel builds the test kernel "
+                        "there in 15-20; or set ETMEM_VM_KERNEL)")
+
+
+def unpacked_config(kernel: Path) -> Path | None:
+    """The build config beside an unpacked distribution kernel (boot/vmlinuz-R, boot/config-R)
+    outside /boot. The guest gets it at /boot/config-R, where an installed kernel's config is
+    and where etmem.kernel reads it (e.g. DAMON's operations before any kdamond exists)."""
+    if kernel.name.startswith("vmlinuz-") and kernel.parent != Path("/boot"):
+        config = kernel.parent / f"config-{kernel.name.removeprefix('vmlinuz-')}"
+        if config.is_file():
+            return config
+    return None
 
 
 def check_tools() -> tuple[str, str]:
@@ -225,14 +262,19 @@ class GuestRun:
         # The command goes in a script file: vng passes --exec on the kernel command line,
         # which is limited to 2 KiB and would overflow with many node ids.
         script = os.path.join(self.workdir, "run.sh")
+        config = unpacked_config(self.kernel)
         with open(script, "w") as f:
             f.write(f"cd {shlex.quote(str(rootdir))} || exit 125\n"
                     + "echo \"vm: guest up $(cut -d' ' -f1 /proc/uptime) s, starting pytest\"\n"
                     + "".join(f"export {k}={shlex.quote(v)}\n" for k, v in guest_env.items())
+                    # zram is a module in Debian's kernel (built into the test kernel)
+                    + "modprobe -q zram 2>/dev/null\n"
+                    + (f"cp {shlex.quote(str(config))} /boot/\n" if config else "")
                     + shlex.join(pytest_cmd) + "\n"
                     + f"rc=$?\ndmesg > {shlex.quote(self.workdir)}/dmesg.txt 2>&1\nexit $rc\n")
         cmd = [vng, "--run", str(self.kernel), "--disable-kvm", "--user", "root",
                *VM_SHAPE, *ROOT_FS, *TLB_TURNOVER, f"--rwdir={self.workdir}", "--cwd", str(rootdir),
+               *(["--overlay-rwdir=/boot"] if config else []),
                *shlex.split(os.environ.get("ETMEM_VM_ARGS", "")), "--exec", f"sh {shlex.quote(script)}"]
         timeout = float(os.environ.get("ETMEM_VM_TIMEOUT", DEFAULT_TIMEOUT))
         self.command = cmd
@@ -376,3 +418,10 @@ class GuestRun:
 
 def _tail(text: str, n: int) -> str:
     return "\n".join(text.splitlines()[-n:])
+
+
+if __name__ == "__main__":  # `python3 tests/vm_harness.py`: the kernel the vm tests would boot
+    try:
+        print(find_kernel(Path(__file__).resolve().parent.parent))
+    except (VmUnavailable, VmBroken) as exc:
+        sys.exit(f"vm_harness: {exc}")
