@@ -1,18 +1,28 @@
-"""libetmemd_scan.so called as a C engine calls it (through ctypes here): VMAs of a live
-process, page_refs lists merged pass by pass in address order, failures as -1/NULL."""
+"""libetmemd_scan.so called as a C engine calls it: through ctypes in this process with
+etmemd's backend (VMAs of a live process, page_refs lists merged pass by pass in address
+order, failures as -1/NULL), and from a plain C program with no etmemd at all, which must
+follow upstream's rules and see what the backend sees."""
 from __future__ import annotations
 
 import ctypes
 import os
+import shutil
 import subprocess
+import threading
 import time
 from ctypes import POINTER, byref, c_char_p
+from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import given, settings, strategies as st
 
 from etmem import procfs
 from etmem.engines import legacy_abi as abi
+from kernel_emulation import encode_idle_pages
+from test_scan_decode import cython_decode, layouts, window_for
+
+C_DIR = Path(__file__).parent / "c"
 
 
 @pytest.fixture(scope="module")
@@ -25,6 +35,14 @@ def lib():
     c.etmemd_get_page_refs.argtypes = [POINTER(abi.Vmas), c_char_p, POINTER(POINTER(abi.PageRefs)), ctypes.c_int]
     c.etmemd_free_page_refs.argtypes = [POINTER(abi.PageRefs)]
     return c
+
+
+@pytest.fixture
+def inited(lib):
+    """etmemd_scan_init() for the test (the library allows one at a time), exit after."""
+    assert lib.etmemd_scan_init() == 0
+    yield lib
+    lib.etmemd_scan_exit()
 
 
 def listed(head) -> list[tuple[int, int, int]]:
@@ -100,7 +118,7 @@ def test_get_vmas_describes_the_process_as_maps_does(lib, quiet_pid):
     assert not lib.etmemd_get_vmas(b"999999999", None, 0, False)
 
 
-def test_passes_merge_into_one_sorted_list(lib):
+def test_passes_merge_into_one_sorted_list(inited):
     """The C side merges each pass into the list; the pass itself comes from Python."""
     passes = [
         ([0x3000, 0x5000], [1, 0], [0, 0]),
@@ -113,8 +131,9 @@ def test_passes_merge_into_one_sorted_list(lib):
         abi._fill_pass(out_p.contents, np.array(addr, np.uint64), np.array(count, np.int32), sizes)
         return 0
 
+    lib = inited
     scan = abi.scan_library()
-    backend = abi.ScanBackend(abi.INIT_FN(scan._init), abi.EXIT_FN(scan._exit), abi.GET_VMAS_FN(scan._get_vmas),
+    backend = abi.ScanBackend(abi.INIT_FN(scan._init), abi.EXIT_FN(scan._exit),
                               abi.PAGE_PASS_FN(lambda *a: fake_pass(scan, *a)))
     scan.lib.etmem_scan_set_backend(byref(backend))
     try:
@@ -131,7 +150,8 @@ def test_passes_merge_into_one_sorted_list(lib):
         scan.lib.etmem_scan_set_backend(byref(scan.backend))
 
 
-def test_a_scan_of_a_process_that_exited_fails_and_leaves_the_list_alone(lib):
+def test_a_scan_of_a_process_that_exited_fails_and_leaves_the_list_alone(inited):
+    lib = inited
     child = subprocess.Popen(["sleep", "30"])
     pid = str(child.pid).encode()
     vmas = lib.etmemd_get_vmas(pid, None, 0, False)
@@ -146,13 +166,130 @@ def test_a_scan_of_a_process_that_exited_fails_and_leaves_the_list_alone(lib):
         lib.etmemd_free_vmas(vmas)
 
 
-def test_without_a_backend_every_call_fails_cleanly(lib):
+# -- with no etmemd: the library on its own ---------------------------------------------
+
+@pytest.fixture(scope="module")
+def programs(tmp_path_factory) -> dict[str, str]:
+    """tests/c/scan_standalone.c linked with -letmemd_scan (only upstream's header), and the
+    scan_target process."""
+    cc = shutil.which("cc") or shutil.which("gcc")
+    assert cc, "no C compiler"
+    d = tmp_path_factory.mktemp("standalone")
+    (d / "libetmemd_scan.so").symlink_to(abi.scan_library_path())   # the soname C programs link to
+    out = {}
+    for name, flags in (("scan_standalone", [f"-I{abi.include_dir()}", f"-L{d}", "-letmemd_scan",
+                                             f"-Wl,-rpath,{d}"]),
+                        ("scan_target", [])):
+        built = subprocess.run([cc, "-Wall", "-Werror", "-O1", "-o", str(d / name), str(C_DIR / f"{name}.c"), *flags],
+                               capture_output=True, text=True)
+        assert built.returncode == 0, built.stderr
+        out[name] = str(d / name)
+    return out
+
+
+@pytest.fixture
+def steady(programs):
+    """A scan_target process: (pid, hot range, cold range), its memory in place."""
+    proc = subprocess.Popen([programs["scan_target"]], stdout=subprocess.PIPE, text=True)
+    ranges = {}
+    for _ in range(2):
+        kind, start, end = proc.stdout.readline().split()
+        ranges[kind] = (int(start, 16), int(end, 16))
+    yield proc.pid, ranges["hot"], ranges["cold"]
+    proc.kill()
+    proc.wait()
+
+
+def test_upstreams_scan_library_rules_hold_in_a_plain_c_program(programs, steady):
+    pid = steady[0]
+    result = subprocess.run([programs["scan_standalone"], "check", str(pid)], capture_output=True, text=True,
+                            timeout=60)
+    lines = result.stdout.splitlines()
+    assert result.returncode == 0 and not [line for line in lines if not line.startswith("ok ")], result.stdout
+    assert len(lines) == 19
+
+
+def test_a_plain_c_program_scans_as_etmemd_does(lib, programs, steady, request):
+    """The same process scanned by a C program on its own and, a moment later, through
+    etmemd's backend for a project with scanner=smaps (the source the library picks on
+    this kernel): the same VMAs and the same pages with the same counts (the target's use
+    of its memory never changes; each pass clears what it reads)."""
+    pid, hot, cold = steady
+    pid_text = str(pid).encode()
+    scan = abi.scan_library()
+    scan.watch([pid], threading.Event(), "smaps", 0)
+    request.addfinalizer(lambda: scan.forget([pid]))
+
+    def standalone() -> tuple[list, list]:
+        out = subprocess.run([programs["scan_standalone"], "dump", str(pid)], capture_output=True, text=True,
+                             timeout=60)
+        assert out.returncode == 0, out.stdout
+        words = [line.split() for line in out.stdout.splitlines()]
+        vmas = [(int(w[1], 16), int(w[2], 16)) for w in words if w[0] == "vma"]
+        pages = [(int(w[1], 16), int(w[2]), int(w[3])) for w in words if w[0] == "page"]
+        return vmas, pages
+
+    def in_etmemd() -> tuple[list, list]:
+        assert lib.etmemd_scan_init() == 0
+        vmas = lib.etmemd_get_vmas(pid_text, None, 0, True)
+        head = POINTER(abi.PageRefs)()
+        try:
+            assert lib.etmemd_get_page_refs(vmas, pid_text, byref(head), 0) == 0
+            return [(v.start, v.end) for v in vma_list(vmas)], listed(head)
+        finally:
+            lib.etmemd_free_page_refs(head)
+            lib.etmemd_free_vmas(vmas)
+            lib.etmemd_scan_exit()
+
+    standalone()             # clears what the start-up used
+    time.sleep(0.3)
+    alone_vmas, alone = standalone()
+    time.sleep(0.3)
+    etmemd_vmas, etmemd = in_etmemd()
+    assert alone_vmas == etmemd_vmas and hot in alone_vmas and cold in alone_vmas
+    assert alone == etmemd
+    in_hot = [c for a, c, _ in alone if hot[0] <= a < hot[1]]
+    in_cold = [c for a, c, _ in alone if cold[0] <= a < cold[1]]
+    assert len(in_hot) == len(in_cold) == (4 << 20) // 4096
+    assert set(in_hot) == {1} and set(in_cold) == {0}
+
+
+def test_without_a_backend_the_library_in_this_process_scans_on_its_own(lib, steady):
+    pid, hot, _ = steady
     scan = abi.scan_library()
     scan.lib.etmem_scan_set_backend(None)
     try:
-        assert lib.etmemd_scan_init() == -1
-        assert not lib.etmemd_get_vmas(str(os.getpid()).encode(), None, 0, False)
+        assert lib.etmemd_scan_init() == 0
+        vmas = lib.etmemd_get_vmas(str(pid).encode(), None, 0, True)
+        head = POINTER(abi.PageRefs)()
+        assert lib.etmemd_get_page_refs(vmas, str(pid).encode(), byref(head), 0) == 0
+        assert len([a for a, _, _ in listed(head) if hot[0] <= a < hot[1]]) == (4 << 20) // 4096
+        lib.etmemd_free_page_refs(head)
+        lib.etmemd_free_vmas(vmas)
         lib.etmemd_scan_exit()
     finally:
         scan.lib.etmem_scan_set_backend(byref(scan.backend))
-    assert lib.etmemd_scan_init() == 0
+
+
+@settings(max_examples=60, deadline=None)
+@given(runs=layouts(), chunk=st.sampled_from([19, 40, 200, 8000]), data=st.data())
+def test_the_c_idle_pages_decoder_matches_etmems(lib, runs, chunk, data):
+    """The library's own reading of openEuler's idle_pages stream (this kernel has none to
+    read) against etmem's decoder, on streams in the kernel's format, huge pages kept."""
+    decode = lib.etmem_scan_decode_idle_pages
+    decode.restype = ctypes.c_long
+    decode.argtypes = [c_char_p, ctypes.c_size_t, ctypes.c_uint64, ctypes.c_uint64, POINTER(ctypes.c_int32),
+                       POINTER(ctypes.c_uint8), ctypes.c_uint64, ctypes.c_int, POINTER(ctypes.c_uint64)]
+    stream, _ = encode_idle_pages(runs, chunk_size=chunk)
+    base, nslots = window_for(data.draw, runs)
+    want_counts, want_kinds, want_after = cython_decode(stream, base, nslots, True)
+    counts = np.zeros(nslots, np.int32)
+    kinds = np.zeros(nslots, np.uint8)
+    after = ctypes.c_uint64()
+    used = decode(stream, len(stream), 0, base, counts.ctypes.data_as(POINTER(ctypes.c_int32)),
+                  kinds.ctypes.data_as(POINTER(ctypes.c_uint8)), nslots, 1, byref(after))
+    assert used == len(stream) and after.value == want_after
+    np.testing.assert_array_equal(counts, want_counts)
+    np.testing.assert_array_equal(kinds, want_kinds)
+    assert decode(b"\xb1", 1, 0, base, counts.ctypes.data_as(POINTER(ctypes.c_int32)),
+                  kinds.ctypes.data_as(POINTER(ctypes.c_uint8)), nslots, 1, None) == -1

@@ -34,7 +34,7 @@ UPSTREAM_MODES = (0o500, 0o700)
 @attrs.frozen
 class LegacyEngineKeys:
     eng_name: str = key(Name(), help="the engine's name in its project; tasks name it in engine=")
-    libname: str = key(Text(4096, absolute_path=True), help="absolute path of the engine's .so (owned by root, mode 0500 or 0700)")
+    libname: str = key(Text(4096, absolute_path=True), help="absolute path of the engine's .so (owned by root:root, mode 0500 or 0700)")
     ops_name: str = key(Name(), help="symbol of the library's struct engine_ops")
 
 
@@ -54,8 +54,9 @@ def check_library_file(path: str) -> int:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
             raise LegacyLoadError(f"libname {path}: not a regular file")
-        if st.st_uid != 0:
-            raise LegacyLoadError(f"libname {path}: owned by uid {st.st_uid}; it must be owned by root")
+        if st.st_uid != 0 or st.st_gid != 0:
+            raise LegacyLoadError(f"libname {path}: owned by {st.st_uid}:{st.st_gid}; it must be owned by "
+                                  "root:root as upstream requires")
         mode = stat.S_IMODE(st.st_mode)
         if mode & 0o022:
             raise LegacyLoadError(f"libname {path}: mode {mode:04o} lets group or others write it; "

@@ -2,9 +2,11 @@
 and the scan library (libetmemd_scan.so) whose functions C engines call.
 
 The structures follow include/etmem_engine.h (upstream's ABI). The scan library is a
-small C shared object shipped in the package; this module registers Python callbacks
-with it (ctypes callbacks take the GIL, so engines may call from their own threads)
-and answers them with etmem's Scanner.
+small C shared object shipped in the package that works in any C program on its own
+(VMAs from /proc, page passes from the kernel's sources); inside etmemd this module
+registers a Python callback with it for the page passes (ctypes callbacks take the GIL,
+so engines may call from their own threads) and answers them with etmem's Scanner, so
+a C engine's scans use the project's scanner source and stop with its task.
 """
 from __future__ import annotations
 
@@ -23,7 +25,6 @@ from ctypes import (CFUNCTYPE, POINTER, Structure, c_bool, c_char, c_char_p, c_f
 
 import numpy as np
 
-from .. import procfs
 from ..errors import EtmemError
 from ..kernel.abi import SCAN_AS_HUGE, SCAN_IGN_HOST, VMA_SCAN_FLAG, libc
 
@@ -228,12 +229,13 @@ class PagePass(Structure):
 
 INIT_FN = CFUNCTYPE(c_int)
 EXIT_FN = CFUNCTYPE(None)
-GET_VMAS_FN = CFUNCTYPE(c_void_p, c_char_p, POINTER(c_char_p), c_int, c_int)
 PAGE_PASS_FN = CFUNCTYPE(c_int, POINTER(Vmas), c_char_p, c_int, POINTER(PagePass))
 
 
 class ScanBackend(Structure):
-    _fields_ = [("init", INIT_FN), ("exit", EXIT_FN), ("get_vmas", GET_VMAS_FN), ("page_pass", PAGE_PASS_FN)]
+    """struct etmem_scan_backend of csrc/etmemd_scan.c."""
+
+    _fields_ = [("init", INIT_FN), ("exit", EXIT_FN), ("page_pass", PAGE_PASS_FN)]
 
 
 def include_dir() -> str:
@@ -270,7 +272,7 @@ def scan_library_path() -> str:
 
 class ScanLibrary:
     """libetmemd_scan.so loaded RTLD_GLOBAL (so engines linked with -letmemd_scan resolve
-    to it) and answering through etmem's Scanner."""
+    to it), its page passes answered through etmem's Scanner."""
 
     def __init__(self):
         self.path = scan_library_path()
@@ -280,8 +282,7 @@ class ScanLibrary:
         self._lock = threading.Lock()
         self._stops: dict[int, threading.Event] = {}
         self._scanners: dict = {}  # project settings of a pid's task: (source, sleep)
-        self.backend = ScanBackend(INIT_FN(self._init), EXIT_FN(self._exit),
-                                   GET_VMAS_FN(self._get_vmas), PAGE_PASS_FN(self._page_pass))
+        self.backend = ScanBackend(INIT_FN(self._init), EXIT_FN(self._exit), PAGE_PASS_FN(self._page_pass))
         self.lib.etmem_scan_set_backend(ctypes.byref(self.backend))
 
     def close(self) -> None:
@@ -315,19 +316,6 @@ class ScanLibrary:
     def _exit(self) -> None:
         log.debug("scan library: etmemd_scan_exit")
 
-    def _get_vmas(self, pid_text, flags_array, flags_num, anon_only) -> int | None:
-        try:
-            pid = int(pid_text.decode())
-            wanted = [flags_array[i].decode() for i in range(flags_num)]
-            vmas = procfs.smaps(pid) if wanted else procfs.maps(pid)
-            chosen = [v for v in vmas
-                      if (not anon_only or (v.is_anonymous and v.is_private))
-                      and all(f in v.vmflags for f in wanted)]
-            return _c_vmas(chosen)
-        except Exception as exc:
-            log.warning("scan library: etmemd_get_vmas(%r) failed: %s", pid_text, exc)
-            return None
-
     def _page_pass(self, vmas_p, pid_text, flags, out_p) -> int:
         try:
             from ..scan import Scanner
@@ -357,30 +345,6 @@ class ScanLibrary:
         except Exception as exc:
             log.warning("scan library: etmemd_get_page_refs(%r) failed: %s", pid_text, exc)
             return -1
-
-
-def _c_vmas(chosen) -> int:
-    """A malloc'ed struct vmas with one malloc'ed struct vma per entry (etmemd_free_vmas frees them)."""
-    head = libc.calloc(1, ctypes.sizeof(Vmas))
-    vmas = Vmas.from_address(head)
-    prev = None
-    for v in chosen:
-        ptr = libc.calloc(1, ctypes.sizeof(Vma))
-        c = Vma.from_address(ptr)
-        c.start, c.end, c.offset, c.inode = v.start, v.end, v.offset, v.inode
-        for i, flag in enumerate("rwxs"):
-            c.stat[i] = v.perms[i:i + 1] == flag
-        c.path = v.path.encode()[:255]
-        major, _, minor = v.dev.partition(":")
-        c.major, c.minor = major.encode()[:7], minor.encode()[:7]
-        link = ctypes.cast(ptr, POINTER(Vma))
-        if prev is None:
-            vmas.vma_list = link
-        else:
-            prev.next = link
-        prev = c
-        vmas.vma_cnt += 1
-    return head
 
 
 def _fill_pass(out: PagePass, addr: np.ndarray, count: np.ndarray, size: np.ndarray) -> None:

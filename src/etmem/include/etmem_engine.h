@@ -5,8 +5,11 @@
  * engines: a shared library exports a `struct engine_ops` whose nine functions etmemd
  * calls, and may use the scan library (libetmemd_scan.so) to read page access counts.
  * etmem for Python loads such libraries with `[engine] name=thirdparty`, `eng_name`,
- * `libname` (absolute, root-owned, mode 0500 or 0700) and `ops_name`; docs/plugins.md
+ * `libname` (absolute, owned by root:root, mode 0500 or 0700) and `ops_name`; docs/plugins.md
  * explains when each function is called and from which thread.
+ *
+ * Upstream's engines include etmemd_thirdparty_export.h (and etmemd_scan_export.h to scan):
+ * those headers, in the same directory, include this one, so such engines build unchanged.
  *
  * Build an engine:
  *   cc -shared -fPIC -o my_engine.so my_engine.c -I$(python3 -m etmem.engines.legacy_abi --include) \
@@ -17,11 +20,17 @@
 
 #include <stdbool.h>
 #include <stdint.h>
+#include <stdlib.h>
 #include <pthread.h>
-#ifdef ETMEM_SCAN_LIBRARY
-typedef struct _GKeyFile GKeyFile;  /* the scan library itself needs no GLib */
-#else
+/* GLib's key files are for engines; a program that only scans needs no GLib */
+#if !defined(ETMEM_SCAN_LIBRARY) && defined(__has_include)
+#if __has_include(<glib.h>)
 #include <glib.h>
+#define ETMEM_ENGINE_HAVE_GLIB 1
+#endif
+#endif
+#ifndef ETMEM_ENGINE_HAVE_GLIB
+typedef struct _GKeyFile GKeyFile;
 #endif
 
 #define THIRDPARTY_ENGINE 7          /* engine_type of every third-party engine */
