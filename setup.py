@@ -1,9 +1,19 @@
 """Build the Cython page decoder `etmem._scan` and the scan library for C engines
-(`etmem/libetmemd_scan*.so`, plain C, soname libetmemd_scan.so); all metadata lives in
-pyproject.toml."""
+(`etmem/libetmemd_scan*.so`, plain C, soname libetmemd_scan.so); the metadata lives in
+pyproject.toml, except the license (below)."""
 import numpy
+import setuptools
 from Cython.Build import cythonize
 from setuptools import Extension, setup
+
+# The license is an SPDX expression (PEP 639). Isolated builds (pip, python -m build) get
+# setuptools>=77 from pyproject.toml, which writes it as License-Expression; an in-place
+# `python setup.py build_ext --inplace` runs with the interpreter's own setuptools, and
+# one older than 77 rejects a license string in pyproject.toml, so it is set here.
+if int(setuptools.__version__.split(".")[0]) >= 77:
+    LICENSE = {"license_expression": "MIT"}
+else:
+    LICENSE = {"license": "MIT"}
 
 extensions = [
     Extension(
@@ -21,4 +31,5 @@ scan_library = Extension(
     extra_link_args=["-Wl,-soname,libetmemd_scan.so"],
 )
 
-setup(ext_modules=cythonize(extensions, language_level=3, compiler_directives={"boundscheck": False, "wraparound": False}) + [scan_library])
+setup(ext_modules=cythonize(extensions, language_level=3, compiler_directives={"boundscheck": False, "wraparound": False}) + [scan_library],
+      **LICENSE)
