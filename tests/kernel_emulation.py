@@ -16,12 +16,19 @@ Low-level pieces, usable alone:
   test-and-clear of accessed bits, SET_HVA at each kernel chunk start;
 - `PagemapFile`, `IdleBitmapFile`: /proc/PID/pagemap and /sys/kernel/mm/page_idle/bitmap
   over the same `PageTable`, so page_idle scans see the same pages.
+
+DAMON's sysfs tree (/sys/kernel/mm/damon/admin) has its own stand-in, `DamonSysfs`: a
+directory of plain files that reacts to writes as Linux 6.12 does (nr_* files remake
+their directories, state commands, EBUSY/EINVAL/EPERM), for the damon source and engine.
 """
 from __future__ import annotations
 
 import errno
 import io
+import os
+import pathlib
 import re
+import shutil
 import struct
 
 import numpy as np
@@ -447,3 +454,227 @@ class Emulator:
             self.files.append(f)
             return f
         return open(path, mode, buffering=0) if "b" in mode else open(path, mode)
+
+
+# --- DAMON's sysfs interface ------------------------------------------------------------
+
+DAMON_ACTIONS = ("willneed", "cold", "pageout", "hugepage", "nohugepage", "lru_prio", "lru_deprio",
+                 "migrate_hot", "migrate_cold", "stat")
+DAMON_GOAL_METRICS = ("user_input", "some_mem_psi_us")
+
+
+class _SysfsWrite(io.RawIOBase):
+    """A sysfs file opened for writing: each write call is one store into the emulated kernel."""
+
+    def __init__(self, damon: "DamonSysfs", path: str):
+        self.damon, self.path = damon, path
+
+    def writable(self):
+        return True
+
+    def write(self, b):
+        self.damon.store(self.path, bytes(b).decode())
+        return len(b)
+
+
+class DamonSysfs:
+    """/sys/kernel/mm/damon/admin as Linux 6.12 behaves, in a directory of plain files.
+
+    Writing a `nr_*` file removes that level's directories and makes that many new ones
+    with the kernel's defaults; `nr_kdamonds` is refused (EBUSY) while a kdamond runs;
+    unknown actions, goal metrics and watermark metrics are refused (EINVAL). `state`
+    takes on / off / commit / update_schemes_stats / update_schemes_tried_regions as 6.12
+    does: `on` checks the attributes and that every target pid is alive; a commit with a
+    dead pid stops the kdamond (as 6.12 does, the write itself succeeding); off when off is
+    EPERM, a command to an off kdamond EINVAL. `counters[(kdamond, scheme)]` is what the
+    kernel counted since that kdamond was turned on, `regions[kdamond]` its regions
+    ((start, end, nr_accesses), ...), both set by the test; `alive(pid)` says which
+    processes exist (default: /proc/PID exists). `stores` records every write, in order.
+
+        damon = DamonSysfs(tmp_path / "admin")
+        Sysfs(str(damon.root), damon.opener)     # etmem.damon_sysfs's backend on it
+    """
+
+    def __init__(self, root, actions=DAMON_ACTIONS, alive=None, nr_kdamonds: int = 0):
+        self.root = pathlib.Path(root)
+        self.actions = actions
+        self.alive = alive or (lambda pid: pid > 0 and os.path.exists(f"/proc/{pid}"))
+        self.counters: dict = {}
+        self.regions: dict = {}
+        self.stores: list = []
+        (self.root / "kdamonds").mkdir(parents=True, exist_ok=True)
+        self._put("kdamonds/nr_kdamonds", "0")
+        if nr_kdamonds:
+            self.store(str(self.root / "kdamonds/nr_kdamonds"), str(nr_kdamonds))
+            self.stores.clear()
+
+    # -- files ------------------------------------------------------------------------------
+    def _put(self, rel: str, value: str) -> None:
+        path = self.root / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(value)
+
+    def _get(self, rel: str) -> str:
+        return (self.root / rel).read_text().strip()
+
+    def _remake(self, rel_dir: str, n: int, make) -> None:
+        base = self.root / rel_dir
+        for child in list(base.iterdir()) if base.exists() else []:
+            if child.name.isdigit():
+                shutil.rmtree(child)
+        for i in range(n):
+            make(f"{rel_dir}/{i}")
+
+    def opener(self, path, mode="rb"):
+        path = str(path)
+        if "w" in mode and path.startswith(str(self.root)):
+            if not os.path.exists(path):
+                raise FileNotFoundError(errno.ENOENT, "No such file or directory", path)
+            return _SysfsWrite(self, path)
+        return open(path, mode, buffering=0)
+
+    def store(self, path: str, text: str) -> None:
+        rel = str(path)[len(str(self.root)) + 1:]
+        value = text.strip()
+        self.stores.append((rel, value))
+        name = rel.rsplit("/", 1)[-1]
+        parent = rel.rsplit("/", 1)[0] if "/" in rel else ""
+        if rel == "kdamonds/nr_kdamonds":
+            if any(self.state(i) == "on" for i in range(int(self._get(rel)))):
+                raise OSError(errno.EBUSY, "Device or resource busy")
+            self._remake("kdamonds", int(value), self._new_kdamond)
+        elif name == "nr_contexts":
+            self._remake(parent, min(int(value), 1), self._new_context)
+        elif name == "nr_targets":
+            self._remake(parent, int(value), self._new_target)
+        elif name == "nr_regions" and parent.endswith("/regions"):
+            self._remake(parent, int(value), lambda d: (self._put(f"{d}/start", "0"), self._put(f"{d}/end", "0")))
+        elif name == "nr_schemes":
+            self._remake(parent, int(value), self._new_scheme)
+        elif name == "nr_goals":
+            self._remake(parent, int(value), self._new_goal)
+        elif name == "action" and value not in self.actions:
+            raise OSError(errno.EINVAL, "Invalid argument")
+        elif name == "target_metric" and value not in DAMON_GOAL_METRICS:
+            raise OSError(errno.EINVAL, "Invalid argument")
+        elif name == "metric" and parent.endswith("watermarks") and value not in ("none", "free_mem_rate"):
+            raise OSError(errno.EINVAL, "Invalid argument")
+        elif name == "state":
+            self._command(int(rel.split("/")[1]), value)
+            return
+        self._put(rel, value)
+
+    # -- the kernel's defaults for new directories --------------------------------------------
+    def _new_kdamond(self, d: str) -> None:
+        self._put(f"{d}/state", "off")
+        self._put(f"{d}/pid", "-1")
+        self._put(f"{d}/contexts/nr_contexts", "0")
+
+    def _new_context(self, d: str) -> None:
+        self._put(f"{d}/avail_operations", "vaddr\nfvaddr\npaddr")
+        self._put(f"{d}/operations", "vaddr")
+        for name, value in (("intervals/sample_us", "5000"), ("intervals/aggr_us", "100000"),
+                            ("intervals/update_us", "60000000"), ("nr_regions/min", "10"),
+                            ("nr_regions/max", "1000")):
+            self._put(f"{d}/monitoring_attrs/{name}", value)
+        self._put(f"{d}/targets/nr_targets", "0")
+        self._put(f"{d}/schemes/nr_schemes", "0")
+
+    def _new_target(self, d: str) -> None:
+        self._put(f"{d}/pid_target", "0")
+        self._put(f"{d}/regions/nr_regions", "0")
+
+    def _new_scheme(self, d: str) -> None:
+        self._put(f"{d}/action", "stat")
+        self._put(f"{d}/apply_interval_us", "0")
+        self._put(f"{d}/target_nid", "-1")
+        for name in ("sz", "nr_accesses", "age"):
+            self._put(f"{d}/access_pattern/{name}/min", "0")
+            self._put(f"{d}/access_pattern/{name}/max", "0")
+        for name in ("ms", "bytes", "reset_interval_ms", "effective_bytes", "weights/sz_permil",
+                     "weights/nr_accesses_permil", "weights/age_permil"):
+            self._put(f"{d}/quotas/{name}", "0")
+        self._put(f"{d}/quotas/goals/nr_goals", "0")
+        for name, value in (("metric", "none"), ("interval_us", "0"), ("high", "0"), ("mid", "0"), ("low", "0")):
+            self._put(f"{d}/watermarks/{name}", value)
+        for name in ("nr_tried", "sz_tried", "nr_applied", "sz_applied", "qt_exceeds"):
+            self._put(f"{d}/stats/{name}", "0")
+        self._put(f"{d}/tried_regions/total_bytes", "0")
+        self._put(f"{d}/filters/nr_filters", "0")
+
+    def _new_goal(self, d: str) -> None:
+        self._put(f"{d}/target_metric", "user_input")
+        self._put(f"{d}/target_value", "0")
+        self._put(f"{d}/current_value", "0")
+
+    # -- state commands --------------------------------------------------------------------
+    def state(self, index: int) -> str:
+        return self._get(f"kdamonds/{index}/state")
+
+    def _ctx(self, index: int) -> str:
+        return f"kdamonds/{index}/contexts/0"
+
+    def _pids(self, index: int) -> list[int]:
+        targets = f"{self._ctx(index)}/targets"
+        return [int(self._get(f"{targets}/{i}/pid_target")) for i in range(int(self._get(f"{targets}/nr_targets")))]
+
+    def _attrs_ok(self, index: int) -> bool:
+        a = f"{self._ctx(index)}/monitoring_attrs"
+        sample, aggr = int(self._get(f"{a}/intervals/sample_us")), int(self._get(f"{a}/intervals/aggr_us"))
+        low, high = int(self._get(f"{a}/nr_regions/min")), int(self._get(f"{a}/nr_regions/max"))
+        return sample <= aggr and 3 <= low <= high
+
+    def _command(self, index: int, command: str) -> None:
+        kd = f"kdamonds/{index}"
+        on = self.state(index) == "on"
+        if command == "on":
+            if on or self._get(f"{kd}/contexts/nr_contexts") != "1" or not self._attrs_ok(index) \
+                    or not all(self.alive(p) for p in self._pids(index)):
+                raise OSError(errno.EINVAL, "Invalid argument")
+            nr_schemes = int(self._get(f"{self._ctx(index)}/schemes/nr_schemes"))
+            for s in range(nr_schemes):
+                self.counters[(index, s)] = {}
+            # with no target a kdamond stops at once, as the kernel's does
+            self._put(f"{kd}/state", "on" if self._pids(index) else "off")
+        elif command == "off":
+            if not on:
+                raise OSError(errno.EPERM, "Operation not permitted")
+            self._put(f"{kd}/state", "off")
+        elif command not in ("commit", "update_schemes_stats", "update_schemes_tried_regions",
+                             "update_schemes_tried_bytes", "clear_schemes_tried_regions"):
+            raise OSError(errno.EINVAL, "Invalid argument")
+        elif not on:
+            raise OSError(errno.EINVAL, "Invalid argument")
+        elif command == "commit":
+            if not self._attrs_ok(index) or not all(self.alive(p) for p in self._pids(index)):
+                self._put(f"{kd}/state", "off")   # 6.12: the kdamond stops, the write succeeds
+        elif command == "update_schemes_stats":
+            schemes = f"{self._ctx(index)}/schemes"
+            for s in range(int(self._get(f"{schemes}/nr_schemes"))):
+                counted = self.counters.get((index, s), {})
+                for name in ("nr_tried", "sz_tried", "nr_applied", "sz_applied", "qt_exceeds"):
+                    self._put(f"{schemes}/{s}/stats/{name}", str(counted.get(name, 0)))
+        elif command == "update_schemes_tried_regions":
+            schemes = f"{self._ctx(index)}/schemes"
+            for s in range(int(self._get(f"{schemes}/nr_schemes"))):
+                base = f"{schemes}/{s}/tried_regions"
+                self._remake(base, 0, None)
+                for i, (start, end, nr) in enumerate(self.regions.get(index, ())):
+                    for name, value in (("start", start), ("end", end), ("nr_accesses", nr), ("age", 0)):
+                        self._put(f"{base}/{i}/{name}", str(value))
+
+    def targets_exited(self, index: int) -> None:
+        """Every target of kdamond `index` exited: the kernel stops it."""
+        self._put(f"kdamonds/{index}/state", "off")
+
+    def file(self, rel: str) -> str:
+        """The content of a file of the tree, e.g. 'kdamonds/0/contexts/0/schemes/0/action'."""
+        return self._get(rel)
+
+    def set(self, rel: str, value) -> None:
+        """Set a file as the kernel (or another owner) left it, without the semantics of a write."""
+        self._put(rel, str(value))
+
+    def commands(self, index: int = 0) -> list[str]:
+        """What was written to kdamond `index`'s state file, in order."""
+        return [v for rel, v in self.stores if rel == f"kdamonds/{index}/state"]

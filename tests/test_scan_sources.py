@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import errno
-import io
 import mmap
 import os
 import subprocess
@@ -11,12 +10,12 @@ import sys
 import numpy as np
 import pytest
 
-from etmem import kernel, scan
+from etmem import damon_sysfs, kernel, scan
 from etmem.errors import KernelFeatureMissing, ProcessGone
 from etmem.kernel import abi
 from etmem.scan import PageRefs, Scanner
 from etmem.scan.sources import damon
-from kernel_emulation import ACCESSED, HOLE, IDLE, PMD, SWAPPED, Emulator, PageTable
+from kernel_emulation import ACCESSED, HOLE, IDLE, PMD, SWAPPED, DamonSysfs, Emulator, PageTable
 
 PAGE = 4096
 MADV_NOHUGEPAGE = 15
@@ -320,99 +319,43 @@ def test_idle_pages_reads_stop_at_the_vma_end_so_the_next_vmas_bits_survive(regi
 
 # --- DAMON through a stand-in sysfs tree ----------------------------------------
 
-def damon_tree(root, nr_kdamonds="0"):
-    """The files of /sys/kernel/mm/damon/admin a vaddr scan touches, as plain files."""
-    kd = root / "kdamonds"
-    ctx = kd / "0" / "contexts" / "0"
-    scheme = ctx / "schemes" / "0"
-    files = {kd / "nr_kdamonds": nr_kdamonds, kd / "0" / "state": "off", kd / "0" / "contexts" / "nr_contexts": "0",
-             ctx / "operations": "paddr", ctx / "targets" / "nr_targets": "0", ctx / "targets" / "0" / "pid_target": "0",
-             ctx / "schemes" / "nr_schemes": "0", scheme / "action": "pageout"}
-    for sub in ("sample_us", "aggr_us", "update_us"):
-        files[ctx / "monitoring_attrs" / "intervals" / sub] = "0"
-    for sub in ("min", "max"):
-        files[ctx / "monitoring_attrs" / "nr_regions" / sub] = "0"
-        for key in ("sz", "nr_accesses", "age"):
-            files[scheme / "access_pattern" / key / sub] = "0"
-    for path, text in files.items():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(text)
-    (scheme / "tried_regions").mkdir()
-    return kd, ctx, scheme
+@pytest.fixture
+def damon_tree(tmp_path, monkeypatch):
+    """An emulated /sys/kernel/mm/damon/admin (kernel_emulation.DamonSysfs) that etmem's DAMON code uses."""
+    tree = DamonSysfs(tmp_path / "admin")
+    monkeypatch.setattr(damon_sysfs, "DAMON_ADMIN", str(tree.root))
+    monkeypatch.setattr(kernel, "damon_operations", lambda: {"vaddr", "paddr"})
+    return tree
 
 
-def test_damon_source_maps_region_accesses_to_pages_and_removes_its_kdamond(tmp_path, monkeypatch):
+def test_damon_source_maps_region_accesses_to_pages_and_removes_its_kdamond(damon_tree):
     m = mmap.mmap(-1, 6 << 20, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
     m.madvise(MADV_NOHUGEPAGE)
     m.write(b"x" * len(m))  # fault every page in
     start = np.frombuffer(m, dtype=np.uint8).ctypes.data
     end, hot_end = start + len(m), start + (2 << 20)
-    kd, ctx, scheme = damon_tree(tmp_path)
-    monkeypatch.setattr(damon, "DAMON_ADMIN", str(tmp_path))
-    monkeypatch.setattr(kernel, "damon_operations", lambda: {"vaddr", "paddr"})
-    updates = []
-
-    def opener(path, mode="rb"):
-        if path == f"{kd}/0/state" and "w" in mode:
-            class State(io.BytesIO):
-                def close(self):
-                    if self.getvalue() == b"update_schemes_tried_regions":
-                        updates.append(1)
-                        # two regions: the hot one seen accessed, the cold one not
-                        for i, (a, b, nr) in enumerate([(start, hot_end, 7), (hot_end, end, 0)]):
-                            d = scheme / "tried_regions" / str(i)
-                            d.mkdir(exist_ok=True)
-                            (d / "start").write_text(str(a))
-                            (d / "end").write_text(str(b))
-                            (d / "nr_accesses").write_text(str(nr))
-                    else:
-                        (kd / "0" / "state").write_bytes(self.getvalue())
-                    super().close()
-            return State()
-        if "w" in mode:  # sysfs makes regions/N/ when nr_regions is written
-            os.makedirs(os.path.dirname(path), exist_ok=True)
-        return open(path, mode, buffering=0)
-    refs = Scanner(os.getpid(), source="damon", ranges=[(start, end)], opener=opener).scan(loop=3)
+    # two regions: the hot one seen accessed, the cold one not
+    damon_tree.regions[0] = [(start, hot_end, 7), (hot_end, end, 0)]
+    refs = Scanner(os.getpid(), source="damon", ranges=[(start, end)], opener=damon_tree.opener).scan(loop=3)
     assert (refs.source, refs.passes, refs.error) == ("damon", 3, None)
-    assert len(updates) == 3 and len(refs) == len(m) // PAGE
+    assert damon_tree.commands().count("update_schemes_tried_regions") == 3 and len(refs) == len(m) // PAGE
     hot = refs.addr < hot_end
     assert (refs.count[hot] == 3).all() and (refs.count[~hot] == 0).all()
-    assert (ctx / "operations").read_text() == "vaddr"
-    assert (ctx / "targets" / "0" / "pid_target").read_text() == str(os.getpid())
-    regions = ctx / "targets" / "0" / "regions"
-    assert [(regions / n).read_text() for n in ("nr_regions", "0/start", "0/end")] == ["1", str(start), str(end)]
-    assert (scheme / "action").read_text() == "stat"
-    assert (kd / "nr_kdamonds").read_text() == "0" and (kd / "0" / "state").read_text() == "off"
-    assert not damon._OUR_KDAMONDS
+    written = dict(damon_tree.stores)
+    ctx = "kdamonds/0/contexts/0"
+    assert written[f"{ctx}/operations"] == "vaddr"
+    assert written[f"{ctx}/targets/0/pid_target"] == str(os.getpid())
+    regions = f"{ctx}/targets/0/regions"
+    assert [written[f"{regions}/{n}"] for n in ("nr_regions", "0/start", "0/end")] == ["1", str(start), str(end)]
+    assert written[f"{ctx}/schemes/0/action"] == "stat"
+    assert damon_tree.commands()[-1] == "off" and damon_tree.file("kdamonds/nr_kdamonds") == "0"
+    assert not damon_sysfs.KDAMONDS.members and damon_sysfs.KDAMONDS.user is None
     m.close()
 
 
-def test_damon_scans_of_two_processes_at_once_take_turns_on_the_one_kdamond(tmp_path, monkeypatch):
+def test_damon_scans_of_two_processes_at_once_take_turns_on_the_one_kdamond(damon_tree):
     """The kernel refuses a second kdamond set while one runs (EBUSY): etmem's own scans wait."""
     import threading
-    kd, _, _ = damon_tree(tmp_path)
-    monkeypatch.setattr(damon, "DAMON_ADMIN", str(tmp_path))
-    monkeypatch.setattr(kernel, "damon_operations", lambda: {"vaddr"})
-    running, peak = [0], [0]
-
-    def opener(path, mode="rb"):
-        if path == f"{kd}/nr_kdamonds" and "w" in mode:
-            if (kd / "0" / "state").read_text() == "on":
-                raise OSError(errno.EBUSY, "Device or resource busy", path)
-        if path == f"{kd}/0/state" and "w" in mode:
-            class State(io.BytesIO):
-                def close(self):
-                    value = self.getvalue().decode()
-                    if value in ("on", "off"):
-                        (kd / "0" / "state").write_text(value)
-                        running[0] += 1 if value == "on" else -1
-                        peak[0] = max(peak[0], running[0])
-                    super().close()
-            return State()
-        if "w" in mode:
-            os.makedirs(os.path.dirname(path), exist_ok=True)
-        return open(path, mode, buffering=0)
-
     # two idle processes: their VMAs stay put (this one's change as threads come and go)
     children = [subprocess.Popen([sys.executable, "-c", "import time; print('ready', flush=True); time.sleep(60)"],
                                  stdout=subprocess.PIPE, text=True) for _ in range(2)]
@@ -421,7 +364,7 @@ def test_damon_scans_of_two_processes_at_once_take_turns_on_the_one_kdamond(tmp_
             assert c.stdout.readline().strip() == "ready"    # start-up maps no more VMAs
         results = {}
         scans = [threading.Thread(target=lambda p=c.pid: results.update(
-                     {p: Scanner(p, source="damon", opener=opener).scan(loop=2, sleep=0.1)}))
+                     {p: Scanner(p, source="damon", opener=damon_tree.opener).scan(loop=2, sleep=0.1)}))
                  for c in children]
         for t in scans:
             t.start()
@@ -432,54 +375,43 @@ def test_damon_scans_of_two_processes_at_once_take_turns_on_the_one_kdamond(tmp_
             c.kill()
             c.wait()
     assert {p: (r.passes, r.error) for p, r in results.items()} == {c.pid: (2, None) for c in children}
-    assert peak[0] == 1, "never two kdamonds of etmem's at once"
-    assert (kd / "nr_kdamonds").read_text() == "0" and not damon._OUR_KDAMONDS
-    assert damon._DAMON_TURN.acquire(blocking=False), "the turn must be given back"
-    damon._DAMON_TURN.release()
+    on_off = [v for v in damon_tree.commands() if v in ("on", "off")]
+    assert on_off == ["on", "off", "on", "off"], "never two kdamonds of etmem's at once"
+    assert damon_tree.file("kdamonds/nr_kdamonds") == "0"
+    assert not damon_sysfs.KDAMONDS.members and damon_sysfs.KDAMONDS.user is None, "the turn must be given back"
 
 
-def test_damon_with_a_foreign_kdamond_is_refused_without_writing(tmp_path, monkeypatch):
-    kd, _, _ = damon_tree(tmp_path, nr_kdamonds="1")
-    monkeypatch.setattr(damon, "DAMON_ADMIN", str(tmp_path))
-    monkeypatch.setattr(kernel, "damon_operations", lambda: {"vaddr", "paddr"})
-    writes = []
-
-    def opener(path, mode="rb"):
-        if "w" in mode or "+" in mode:
-            writes.append(path)
-        return open(path, mode, buffering=0)
+def test_damon_with_a_foreign_kdamond_is_refused_without_writing(damon_tree):
+    damon_tree.set("kdamonds/nr_kdamonds", 1)
+    damon_tree.set("kdamonds/0/state", "off")
+    damon_tree.set("kdamonds/0/contexts/0/operations", "paddr")
     with pytest.raises(KernelFeatureMissing, match="another owner") as info:
-        Scanner(os.getpid(), source="damon", opener=opener)
-    assert writes == [] and (kd / "nr_kdamonds").read_text() == "1"
+        Scanner(os.getpid(), source="damon", opener=damon_tree.opener)
+    assert damon_tree.stores == [] and damon_tree.file("kdamonds/nr_kdamonds") == "1"
     # the message says what that kdamond is; a foreign one (paddr) gets no stop hint
     assert "kdamond 0 off, paddr)" in str(info.value) and "echo off" not in str(info.value)
 
 
-def test_a_leftover_kdamond_that_looks_like_etmems_gets_a_hint_how_to_stop_it(tmp_path, monkeypatch):
-    kd, ctx, scheme = damon_tree(tmp_path, nr_kdamonds="1")
-    for path, text in ((kd / "0" / "state", "on"), (ctx / "operations", "vaddr"), (ctx / "targets" / "nr_targets", "1"),
-                       (ctx / "targets" / "0" / "pid_target", "4242"), (ctx / "schemes" / "nr_schemes", "1"),
-                       (scheme / "action", "stat")):
-        path.write_text(text)
-    monkeypatch.setattr(damon, "DAMON_ADMIN", str(tmp_path))
+def test_a_leftover_kdamond_that_looks_like_etmems_gets_a_hint_how_to_stop_it(damon_tree):
+    ctx = "kdamonds/0/contexts/0"
+    for rel, text in (("kdamonds/nr_kdamonds", 1), ("kdamonds/0/state", "on"), (f"{ctx}/operations", "vaddr"),
+                      (f"{ctx}/targets/nr_targets", 1), (f"{ctx}/targets/0/pid_target", 4242),
+                      (f"{ctx}/schemes/nr_schemes", 1), (f"{ctx}/schemes/0/action", "stat")):
+        damon_tree.set(rel, text)
     problem = damon.owner_problem()
     assert "kdamond 0 on, vaddr on pid 4242, scheme stat" in problem
-    assert f"echo off > {tmp_path}/kdamonds/0/state" in problem
-    assert (kd / "0" / "state").read_text() == "on", "etmem itself never stops it"
+    assert f"echo off > {damon_tree.root}/kdamonds/0/state" in problem
+    assert damon_tree.file("kdamonds/0/state") == "on" and damon_tree.stores == [], "etmem itself never stops it"
 
 
-def test_damon_busy_kernel_ends_the_scan_with_another_owner(tmp_path, monkeypatch):
-    kd, _, _ = damon_tree(tmp_path)
-    monkeypatch.setattr(damon, "DAMON_ADMIN", str(tmp_path))
-    monkeypatch.setattr(kernel, "damon_operations", lambda: {"vaddr"})
-
+def test_damon_busy_kernel_ends_the_scan_with_another_owner(damon_tree):
     def opener(path, mode="rb"):
         if path.endswith("nr_kdamonds") and "w" in mode:
             raise OSError(errno.EBUSY, "Device or resource busy", path)
-        return open(path, mode, buffering=0)
+        return damon_tree.opener(path, mode)
     refs = Scanner(os.getpid(), source="damon", opener=opener).scan()
     assert refs.passes == 0 and "another owner" in refs.error
-    assert not damon._OUR_KDAMONDS
+    assert not damon_sysfs.KDAMONDS.members and damon_sysfs.KDAMONDS.user is None
 
 
 def test_page_idle_reads_and_writes_the_bitmap_a_page_per_call_across_far_apart_frames(region):

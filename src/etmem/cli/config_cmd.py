@@ -6,12 +6,13 @@ would on `obj add`, without a daemon, and lists every key an engine accepts.
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 
 import attrs
 
 from .. import config, loader
-from ..errors import ConfigError
+from ..errors import ConfigError, ConfigErrors
 from ..plugins import default_plugins
 
 
@@ -21,6 +22,9 @@ def set_argparser(parser: argparse.ArgumentParser) -> None:
                            description="Validate etmem config files as etmemd would on 'obj add'. "
                                        "Exit 0 when every file is valid, 1 otherwise.")
     check.add_argument("files", nargs="+", metavar="FILE")
+    check.add_argument("-o", "--output", choices=("text", "json"), default="text",
+                       help="json: one JSON list on stdout, an object per file (ok, what it declares, "
+                            "warnings, errors with file, line, group, key and value)")
     keys = sub.add_parser("keys", help="list the keys of the project group and of each engine",
                           description="List every key etmem accepts, with what each allows.")
     keys.add_argument("engine", nargs="?", help="only this engine type (slide, cslide, thirdparty, ...)")
@@ -28,7 +32,7 @@ def set_argparser(parser: argparse.ArgumentParser) -> None:
 
 def main(args: argparse.Namespace) -> int:
     if args.config_command == "check":
-        return check(args.files)
+        return check_json(args.files) if args.output == "json" else check(args.files)
     return show_keys(args.engine)
 
 
@@ -45,6 +49,28 @@ def check(paths: list[str]) -> int:
             print(f"warning: {warning}", file=sys.stderr)
         print(f"{path}: ok: {cfg.summary()}")
     return 1 if failed else 0
+
+
+def _error(e: ConfigError) -> dict:
+    return {"file": e.path, "line": e.line, "group": e.group, "key": e.key, "value": e.value,
+            "message": e.message, "text": ConfigError.__str__(e)}
+
+
+def check_json(paths: list[str]) -> int:
+    results = []
+    for path in paths:
+        try:
+            cfg = loader.load_config(path)
+        except ConfigError as exc:
+            results.append({"file": path, "ok": False, "errors": [_error(e) for e in (exc.errors if isinstance(exc, ConfigErrors) else [exc])]})
+            continue
+        results.append({"file": path, "ok": True,
+                        "projects": [p.name for p in cfg.projects],
+                        "engines": [{"project": e.project, "name": e.name} for e in cfg.engines],
+                        "tasks": [{"project": t.project, "engine": t.engine, "name": t.name} for t in cfg.tasks],
+                        "warnings": [str(w) for w in cfg.warnings], "errors": []})
+    print(json.dumps(results, indent=2))
+    return 0 if all(r["ok"] for r in results) else 1
 
 
 def _rows(group: str, cls: type) -> list[str]:
