@@ -126,6 +126,27 @@ def test_pmd_huge_pages_are_aligned_runs_of_512_present_pages_with_consecutive_f
     assert huge[3:515].all() and not huge[:3].any() and not huge[515:].any()
 
 
+def test_gather_reads_the_entries_asked_for_in_few_reads(tmp_path):
+    table = np.arange(300_000, dtype=np.uint64) * np.uint64(3)
+    path = tmp_path / "table"
+    table.tofile(path)
+    reads = []
+
+    def opener(p, mode):
+        f = open(p, mode, buffering=0)
+        real = f.read
+        f.read = lambda n: reads.append(n) or real(n)
+        return f
+    rng = np.random.default_rng(5)
+    dense = np.sort(rng.choice(300_000, 50_000, replace=False))
+    np.testing.assert_array_equal(refault._gather(str(path), dense, opener), table[dense])
+    assert len(reads) <= 300_000 // (1 << 16) + 1, "a dense set is read in runs of 65536 entries"
+    reads.clear()
+    sparse = np.array([7, 100_000, 299_999])
+    np.testing.assert_array_equal(refault._gather(str(path), sparse, opener), table[sparse])
+    assert reads == [512 * 8] * 3
+
+
 def test_the_default_budget_is_the_config_default():
     assert attrs.fields(ProjectSpec).refault_budget.default == refault.DEFAULT_BUDGET_PERCENT
 

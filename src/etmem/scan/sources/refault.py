@@ -218,24 +218,37 @@ def _alive(ident: tuple[int, int]) -> bool:
 
 # --- kernel reads ------------------------------------------------------------------
 
-def _gather(path: str, index: np.ndarray, opener, chunk: int = 512) -> np.ndarray:
-    """The uint64 entries at index (sorted) of a table file (pagemap, kpageflags): one read per chunk touched."""
+def _gather(path: str, index: np.ndarray, opener, chunk: int = 512, run_max: int = 1 << 16) -> np.ndarray:
+    """The uint64 entries at index (sorted) of a table file (pagemap, kpageflags).
+
+    Only the chunks of `chunk` entries that hold an index are read, neighbouring chunks
+    together in one read of up to `run_max` entries: a sample spread thinly costs one small
+    read per chunk, a dense one a few large reads.
+    """
     out = np.zeros(len(index), dtype=np.uint64)
     if not len(index):
         return out
     index = index.astype(np.uint64)
-    chunks = np.unique(index // np.uint64(chunk))
-    table = np.zeros((len(chunks), chunk), dtype=np.uint64)
+    chunks = np.unique(index // np.uint64(chunk)).astype(np.int64)
+    per_run = max(1, run_max // chunk)
+    new_run = np.ones(len(chunks), dtype=bool)
+    new_run[1:] = np.diff(chunks) != 1
+    run_id = np.cumsum(new_run) - 1
+    first = np.flatnonzero(new_run)
+    new_run |= (np.arange(len(chunks)) - first[run_id]) % per_run == 0   # cap each read at run_max
+    starts = np.flatnonzero(new_run)
+    lengths = np.diff(np.append(starts, len(chunks)))
+    table = np.zeros(len(chunks) * chunk, dtype=np.uint64)
     f = opener(path, "rb")
     try:
-        for row, c in enumerate(chunks.tolist()):
-            f.seek(c * chunk * 8)
-            raw = np.frombuffer(f.read(chunk * 8), dtype=np.uint64)
-            table[row, :len(raw)] = raw
+        for pos, n in zip(starts.tolist(), lengths.tolist()):
+            f.seek(int(chunks[pos]) * chunk * 8)
+            raw = np.frombuffer(f.read(n * chunk * 8), dtype=np.uint64)
+            table[pos * chunk:pos * chunk + len(raw)] = raw
     finally:
         f.close()
-    rows = np.searchsorted(chunks, index // np.uint64(chunk))
-    return table[rows, (index % np.uint64(chunk)).astype(np.int64)]
+    rows = np.searchsorted(chunks, (index // np.uint64(chunk)).astype(np.int64))
+    return table[rows * chunk + (index % np.uint64(chunk)).astype(np.int64)]
 
 
 def pmd_huge_pages(base: int, present: np.ndarray, pfn: np.ndarray, pmd_pages: int = 512) -> np.ndarray:
@@ -508,24 +521,27 @@ class RefaultSource(Source):
         if not self.handle.alive():   # a zombie's pagemap reads as empty: every page would look out
             raise PassEnded(f"process {self.pid} exited during the scan")
         out = np.flatnonzero(self.state == _OUT)
-        if len(out):
-            self._look(out, _BACK)
         if not last:
+            if len(out):
+                self._look(out, _BACK)
             return
-        # Every present page is an entry, "used or not known idle"; a sampled page that
-        # stayed out (and is in swap, not unmapped) is an entry with count 0.
+        # The last pass reads the whole pagemap: every present page is an entry, "used or
+        # not known idle"; a sampled page present again came back; one that stayed out
+        # (and is in swap, not unmapped) is an entry with count 0.
         used = (index + 1) * 3
-        out = np.flatnonzero(self.state == _OUT)
         stayed = self.sample[out]
         for w, pm in read_windows_pagemap(self.opener, self.pid, windows):
-            w.kinds[pm["present"]] = 1
-            w.counts[pm["present"]] = used
+            present = pm["present"]
             mine = np.flatnonzero((stayed >= np.uint64(w.base)) & (stayed < np.uint64(w.vma.end)))
             slots = ((stayed[mine] - np.uint64(w.base)) // np.uint64(PAGE)).astype(np.int64)
-            in_swap = pm["swapped"][slots]
-            self.state[out[mine[~in_swap]]] = _GONE
-            w.kinds[slots[in_swap]] = 1
-            w.counts[slots[in_swap]] = 0
+            back, in_swap = present[slots], pm["swapped"][slots]
+            self.state[out[mine[back]]] = _BACK
+            self.state[out[mine[~back & ~in_swap]]] = _GONE
+            w.kinds[present] = 1
+            w.counts[present] = used
+            cold = slots[in_swap & ~back]
+            w.kinds[cold] = 1
+            w.counts[cold] = 0
 
     # -- end: remember what came back and what stayed out ---------------------------------------
     def end(self):
