@@ -59,8 +59,9 @@ def raw_exchange(socket_name: str, data: bytes, *, shutdown: bool = False,
 
 
 PROBE_PLUGIN = '''
-"""A test engine: rounds count ticks; commands hello (instant) and nap (until the test
-creates nap.gate next to this file; nap.started says the nap has begun)."""
+"""A test engine: rounds count ticks; commands hello (instant), nap (until the test
+creates nap.gate next to this file; nap.started says the nap has begun) and crash (a bug:
+an exception no engine should raise)."""
 import time
 from pathlib import Path
 
@@ -86,6 +87,8 @@ class Probe(Strategy):
             while not (here / "nap.gate").exists() and time.monotonic() < deadline:
                 time.sleep(0.02)
             return "awake\\n"
+        if cmd == "crash":
+            raise ZeroDivisionError("division by zero in the probe")
         return super().command(cmd, task)
 
 
