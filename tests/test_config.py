@@ -135,7 +135,7 @@ def _slide_task(**over):
 
 @pytest.mark.parametrize("key,good,bad", [
     ("T", ["0", "9"], ["10", "-1", "one"]),           # loop=3 -> 0..9
-    ("swap_threshold", ["10g", "512m", "64k", "4096", "1G"], ["10x", "g", "-1g", "1.5g"]),
+    ("swap_threshold", ["10g", "512m", "64k", "4096", "1G", "1.5g", "1GiB"], ["10x", "g", "-1g", "1.3k"]),
     ("dram_percent", ["1", "100"], ["0", "101"]),
     ("swap_flag", ["yes", "no"], ["true", "YES", "1"]),
     ("type", ["pid"], ["process", ""]),

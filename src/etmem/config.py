@@ -21,6 +21,7 @@ import attrs
 import cattrs
 from cattrs.gen import make_dict_structure_fn, override
 
+from . import units
 from .errors import ConfigError
 
 GROUPS = ("project", "engine", "task")
@@ -180,20 +181,12 @@ class Percent(KeyType):
 
 
 class Size(KeyType):
-    """A byte size like `10g`, `512m`, `64k` or plain bytes."""
+    """A byte size like `10g`, `512M`, `1GiB`, `1.5G` or plain bytes, read as every size is (etmem.units)."""
 
-    allowed = "a size like 10g, 512m, 64k or a number of bytes"
-    UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
+    allowed = f"a size like {units.EXAMPLES}"
 
     def __call__(self, raw: Any) -> int:
-        if isinstance(raw, int) and not isinstance(raw, bool):
-            if raw < 0:
-                raise ValueError(f"must be {self.allowed}")
-            return raw
-        m = re.fullmatch(r"(\d+)\s*([kKmMgGtT]?)[bB]?", str(raw).strip())
-        if not m:
-            raise ValueError(f"must be {self.allowed}")
-        return int(m.group(1)) * self.UNITS[m.group(2).lower()]
+        return units.parse_size(raw)
 
 
 class NodePairs(KeyType):

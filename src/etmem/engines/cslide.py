@@ -147,6 +147,14 @@ class Cslide(Strategy):
     opener = None
     node_view = None
 
+    @classmethod
+    def check_task(cls, keys, extra, project):
+        if project is not None and project.scanner == "refault":
+            return [("engine", f"cslide cannot use scanner=refault (project {project.name}): the refault source pages "
+                               "samples out to swap, and cslide moves pages between nodes; choose another source "
+                               "(auto passes refault over for cslide)")]
+        return []
+
     def __init__(self, engine):
         super().__init__(engine)
         self.nodes = self.node_view if self.node_view is not None else SystemNodes()
@@ -206,7 +214,7 @@ class Cslide(Strategy):
         try:
             scanner = Scanner(t.handle, source=project.scanner, anon_only=keys.anon_only,
                               vm_flags=(keys.vm_flags,) if keys.vm_flags else (), ign_host=keys.ign_host,
-                              huge="keep", opener=self.opener)
+                              huge="keep", opener=self.opener, read_only=True)
             refs = scanner.scan(loop=project.loop or 1, sleep=project.sleep or 0, stop=stop)
         except EtmemError as exc:
             t.result.error = str(exc)

@@ -91,6 +91,9 @@ class Slide(Strategy):
             return [("engine", f"slide needs a project with scan_type=page (project {project.name} has {project.scan_type})")]
         if project.loop is not None and keys.T > project.loop * 3:
             return [("T", f"must be an integer from 0 to {project.loop * 3} (loop x 3, with loop={project.loop} in project {project.name})")]
+        if keys.T == 0 and project.scanner == "refault":
+            return [("T", f"must be at least 1 with scanner=refault (project {project.name}): the refault source pages "
+                          "its samples out itself, so T=0 (swap nothing) would still swap them; use T=1")]
         return []
 
     def add_task(self, task):
@@ -138,9 +141,12 @@ class Slide(Strategy):
             return
 
         budget = self._refault_guard(task, handle, ident, out)
-        scanner = Scanner(handle, source=project.scanner, anon_only=True, swap_flag=task.swap_flag, opener=self.opener)
+        scanner = Scanner(handle, source=project.scanner, anon_only=True, swap_flag=task.swap_flag, opener=self.opener,
+                          refault_budget=project.refault_budget, counters=task.stats.calls)
         refs = scanner.scan(loop=project.loop, sleep=project.sleep, stop=stop)
         out.source = refs.source
+        if refs.sampling is not None:
+            out.detail["sampling"] = attrs.asdict(refs.sampling)
         if refs.error:
             out.error = refs.error
         if refs.passes < project.loop or stop.is_set():

@@ -106,19 +106,27 @@ def best_source(available: dict[str, str | None]) -> str | None:
     return next((name for name in names() if name in available and available[name] is None), None)
 
 
-def choose_source(requested: str = "auto", opener=None) -> str:
+def choose_source(requested: str = "auto", opener=None, read_only: bool = False) -> str:
     """The source to use: requested if usable, or the best usable one for "auto".
 
     Probes only what it needs: the requested source, or for auto the sources in rank
-    order up to the first usable one. Raises ScanError for an unknown name and
+    order up to the first usable one. read_only: only sources that page nothing out
+    (auto passes the others over; asking for one by name is an error). Raises ScanError
+    for an unknown name or a source that pages out in a read-only scan, and
     KernelFeatureMissing naming what the kernel lacks.
     """
     if requested != "auto":
-        reason = _reason(source_class(requested), opener)
+        cls = source_class(requested)
+        if read_only and cls.pages_out:
+            raise ScanError(f"scanner source {requested!r} pages its samples out to swap, which this engine "
+                            "must not do: choose a read-only source (auto passes it over)")
+        reason = _reason(cls, opener)
         if reason:
             raise KernelFeatureMissing(f"scanner source {requested!r} is not available: {reason}")
         return requested
     for name in names():
+        if read_only and _classes[name].pages_out:
+            continue
         if _reason(_classes[name], opener) is None:
             return name
     raise KernelFeatureMissing("no scanner source is available: " +

@@ -54,11 +54,13 @@ class Scanner:
     file (tests route them to emulations). refault_budget: the refault source's budget,
     percent of the target's resident pages that may come back per minute (None: its
     default); counters: a CallCounters for the page-outs the refault source makes.
+    read_only: only sources that page nothing out while scanning (see Source.pages_out).
     """
 
     def __init__(self, target, source: str = "auto", anon_only: bool = True, vm_flags=(), ranges=None,
                  huge: str = "split", ign_host: bool = False, opener=None, as_huge: bool = False,
-                 swap_flag: bool = False, refault_budget: float | None = None, counters=None):
+                 swap_flag: bool = False, refault_budget: float | None = None, counters=None,
+                 read_only: bool = False):
         if huge not in ("split", "keep"):
             raise ScanError(f"huge must be 'split' or 'keep', not {huge!r}")
         self.target = target
@@ -74,7 +76,7 @@ class Scanner:
         self.refault_budget = refault_budget
         self.counters = counters
         # the kernel's real files: the registry's kept probes; an emulation: probed through it
-        self.source_name = choose_source(source, opener)
+        self.source_name = choose_source(source, opener, read_only)
         log.debug("scanner for pid %d uses source %s", self.pid, self.source_name)
 
     def _check_target(self) -> None:

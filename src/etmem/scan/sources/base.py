@@ -25,8 +25,11 @@ class Source:
 
     A subclass sets `name` (what `scanner=` and `Scanner(source=...)` select), `rank`
     (auto's preference: the usable source of lowest rank wins; the built-ins have
-    idle_pages 10, page_idle 20, damon 30, smaps 50) and `per_vma` (True when every page
-    of a VMA gets its VMA's verdict), and implements `probe()` and `one_pass()`.
+    idle_pages 10, page_idle 20, damon 30, smaps 50), `per_vma` (True when every page
+    of a VMA gets its VMA's verdict) and `pages_out` (True when scanning pages memory out,
+    as refault's sampling does: engines that must not swap, such as cslide, ask for a
+    read-only scan and auto then passes such sources over), and implements `probe()` and
+    `one_pass()`.
 
     The scanner makes one instance per scan and calls begin(windows, sleep) once, then for
     each pass waits wait_before(index, sleep) seconds and calls one_pass(windows, index,
@@ -40,6 +43,7 @@ class Source:
     name: ClassVar[str] = ""
     rank: ClassVar[int] = 1000
     per_vma: ClassVar[bool] = False
+    pages_out: ClassVar[bool] = False
 
     def __init__(self, scanner, stop: threading.Event | None = None):
         self.scanner = scanner
