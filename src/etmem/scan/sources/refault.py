@@ -306,6 +306,7 @@ class RefaultSource(Source):
     name = "refault"
     rank = 40          # after damon (30), before smaps (50): per page where no access bits exist
     per_vma = False
+    pages_out = True   # its samples go to swap: not for read-only scans (cslide)
 
     @classmethod
     def probe(cls, opener=None):
