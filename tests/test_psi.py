@@ -91,7 +91,7 @@ def test_a_psi_task_of_cg_dir_alone_takes_upstreams_defaults():
     ("reclaim_rate=fast", "must be a number above 0"),
     ("limit_min_ratio=nan", "must be a number above 0"),
     ("reclaim_max_bytes=-5", "must be a size like 10g"),
-    ("limit_min_bytes=1.5g", "must be a size like 10g"),
+    ("limit_min_bytes=1.3k", "must be a whole number of bytes"),
     ("cg_dir=" + "a" * 64, "at most 63 characters"),
     ("cg_dir=isulad/../etc", "without empty, . or .. parts"),
     ("cg_dir=/", "names the root cgroup: reclaiming the root cgroup would reclaim from every process"),

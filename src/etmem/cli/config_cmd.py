@@ -11,7 +11,7 @@ import sys
 
 import attrs
 
-from .. import config, loader
+from .. import config, loader, units
 from ..errors import ConfigError, ConfigErrors
 from ..plugins import default_plugins
 
@@ -77,15 +77,17 @@ def _rows(group: str, cls: type) -> list[str]:
     rows = []
     for attr in attrs.fields(cls):
         required = attr.default is attrs.NOTHING
-        default = "" if required or attr.default is None else f" (default {_show(attr.default)})"
+        default = "" if required or attr.default is None else f" (default {_show(attr.default, attr)})"
         rows.append(f"  {attr.name:<22} {'required' if required else 'optional'}  {config.describe(attr)}{default}"
                     f"\n  {'':<22} {attr.metadata.get('warn') or attr.metadata.get('help', '')}")
     return [f"[{group}]"] + (rows or ["  (no keys of its own)"])
 
 
-def _show(value) -> str:
+def _show(value, attr: attrs.Attribute) -> str:
     if isinstance(value, bool):
         return "yes" if value else "no"
+    if isinstance(attr.metadata.get("etmem"), config.Size):
+        return units.format_size(value)
     return str(value)
 
 
