@@ -6,23 +6,19 @@ from __future__ import annotations
 
 import ctypes
 import os
-import shutil
 import subprocess
 import threading
 import time
 from ctypes import POINTER, byref, c_char_p
-from pathlib import Path
-
 import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
 
 from etmem import procfs
 from etmem.engines import legacy_abi as abi
+import scanlib_programs
 from kernel_emulation import encode_idle_pages
 from test_scan_decode import cython_decode, layouts, window_for
-
-C_DIR = Path(__file__).parent / "c"
 
 
 @pytest.fixture(scope="module")
@@ -170,32 +166,14 @@ def test_a_scan_of_a_process_that_exited_fails_and_leaves_the_list_alone(inited)
 
 @pytest.fixture(scope="module")
 def programs(tmp_path_factory) -> dict[str, str]:
-    """tests/c/scan_standalone.c linked with -letmemd_scan (only upstream's header), and the
-    scan_target process."""
-    cc = shutil.which("cc") or shutil.which("gcc")
-    assert cc, "no C compiler"
-    d = tmp_path_factory.mktemp("standalone")
-    (d / "libetmemd_scan.so").symlink_to(abi.scan_library_path())   # the soname C programs link to
-    out = {}
-    for name, flags in (("scan_standalone", [f"-I{abi.include_dir()}", f"-L{d}", "-letmemd_scan",
-                                             f"-Wl,-rpath,{d}"]),
-                        ("scan_target", [])):
-        built = subprocess.run([cc, "-Wall", "-Werror", "-O1", "-o", str(d / name), str(C_DIR / f"{name}.c"), *flags],
-                               capture_output=True, text=True)
-        assert built.returncode == 0, built.stderr
-        out[name] = str(d / name)
-    return out
+    return scanlib_programs.build(tmp_path_factory.mktemp("standalone"))
 
 
 @pytest.fixture
 def steady(programs):
     """A scan_target process: (pid, hot range, cold range), its memory in place."""
-    proc = subprocess.Popen([programs["scan_target"]], stdout=subprocess.PIPE, text=True)
-    ranges = {}
-    for _ in range(2):
-        kind, start, end = proc.stdout.readline().split()
-        ranges[kind] = (int(start, 16), int(end, 16))
-    yield proc.pid, ranges["hot"], ranges["cold"]
+    proc, hot, cold = scanlib_programs.start_target(programs["scan_target"])
+    yield proc.pid, hot, cold
     proc.kill()
     proc.wait()
 
@@ -224,10 +202,9 @@ def test_a_plain_c_program_scans_as_etmemd_does(lib, programs, steady, request):
         out = subprocess.run([programs["scan_standalone"], "dump", str(pid)], capture_output=True, text=True,
                              timeout=60)
         assert out.returncode == 0, out.stdout
-        words = [line.split() for line in out.stdout.splitlines()]
-        vmas = [(int(w[1], 16), int(w[2], 16)) for w in words if w[0] == "vma"]
-        pages = [(int(w[1], 16), int(w[2]), int(w[3])) for w in words if w[0] == "page"]
-        return vmas, pages
+        vmas = [(int(w[1], 16), int(w[2], 16)) for w in (line.split() for line in out.stdout.splitlines())
+                if w[0] == "vma"]
+        return vmas, scanlib_programs.pages(out.stdout)
 
     def in_etmemd() -> tuple[list, list]:
         assert lib.etmemd_scan_init() == 0
@@ -250,7 +227,7 @@ def test_a_plain_c_program_scans_as_etmemd_does(lib, programs, steady, request):
     assert alone == etmemd
     in_hot = [c for a, c, _ in alone if hot[0] <= a < hot[1]]
     in_cold = [c for a, c, _ in alone if cold[0] <= a < cold[1]]
-    assert len(in_hot) == len(in_cold) == (4 << 20) // 4096
+    assert len(in_hot) == len(in_cold) == scanlib_programs.REGION // 4096
     assert set(in_hot) == {1} and set(in_cold) == {0}
 
 
@@ -263,7 +240,7 @@ def test_without_a_backend_the_library_in_this_process_scans_on_its_own(lib, ste
         vmas = lib.etmemd_get_vmas(str(pid).encode(), None, 0, True)
         head = POINTER(abi.PageRefs)()
         assert lib.etmemd_get_page_refs(vmas, str(pid).encode(), byref(head), 0) == 0
-        assert len([a for a, _, _ in listed(head) if hot[0] <= a < hot[1]]) == (4 << 20) // 4096
+        assert len([a for a, _, _ in listed(head) if hot[0] <= a < hot[1]]) == scanlib_programs.REGION // 4096
         lib.etmemd_free_page_refs(head)
         lib.etmemd_free_vmas(vmas)
         lib.etmemd_scan_exit()

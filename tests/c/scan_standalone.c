@@ -5,9 +5,13 @@
  *                               exit status: the number of failures
  *   scan_standalone dump PID    init, the private anonymous VMAs of PID, one page pass:
  *                               "vma START END" lines, then "page ADDR COUNT TYPE" lines
+ *   scan_standalone passes PID N MS
+ *                               one pass to clear what was used before, then N passes MS
+ *                               milliseconds apart merged into one list: "page" lines
  */
 #include <stdio.h>
 #include <string.h>
+#include <time.h>
 
 #include "etmemd_scan_export.h"
 
@@ -105,12 +109,41 @@ static int dump(const char *pid)
     return 0;
 }
 
+static int passes(const char *pid, int n, int ms)
+{
+    struct timespec pause = {ms / 1000, (long)(ms % 1000) * 1000000};
+    struct page_refs *refs = NULL, *first = NULL, *p;
+    struct vmas *vmas;
+    int i, ret = 0;
+
+    if (etmemd_scan_init() != 0)
+        return 1;
+    vmas = etmemd_get_vmas(pid, NULL, 0, true);
+    if (vmas == NULL || etmemd_get_page_refs(vmas, pid, &first, 0) != 0)
+        ret = 1;
+    etmemd_free_page_refs(first);
+    for (i = 0; i < n && ret == 0; i++) {
+        nanosleep(&pause, NULL);
+        ret = etmemd_get_page_refs(vmas, pid, &refs, 0) != 0;
+    }
+    for (p = refs; p != NULL && ret == 0; p = p->next)
+        printf("page %lx %d %d\n", (unsigned long)p->addr, p->count, (int)p->type);
+    if (ret)
+        printf("FAIL scan\n");
+    etmemd_free_page_refs(refs);
+    etmemd_free_vmas(vmas);
+    etmemd_scan_exit();
+    return ret;
+}
+
 int main(int argc, char **argv)
 {
     if (argc == 3 && strcmp(argv[1], "check") == 0)
         return check(argv[2]);
     if (argc == 3 && strcmp(argv[1], "dump") == 0)
         return dump(argv[2]);
-    fprintf(stderr, "usage: scan_standalone check|dump PID\n");
+    if (argc == 5 && strcmp(argv[1], "passes") == 0)
+        return passes(argv[2], atoi(argv[3]), atoi(argv[4]));
+    fprintf(stderr, "usage: scan_standalone check|dump PID | passes PID N MS\n");
     return 2;
 }

@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import argparse
 import os
+import shlex
 import sys
 import time
 
-from .. import kernel, procfs, zram
+from .. import kernel, procfs, units, zram
 from ..errors import EtmemError
 from ..model import Manager, Project
 from ..scan import SOURCES, available_sources, best_source, read_pagemap
@@ -27,8 +28,11 @@ def set_argparser(parser: argparse.ArgumentParser) -> None:
     parser.description = ("Start a workload with a hot and a cold set, run the slide engine on it and show "
                           "the cold set going to compressed swap (zram) while the hot set stays in memory. "
                           "Needs root.")
-    parser.add_argument("--total-mb", type=int, default=512, help="workload size in MiB (default 512)")
-    parser.add_argument("--hot-mb", type=int, default=64, help="of which the hot set, touched all the time (default 64)")
+    mib = units.size_arg("M", MiB, "MiB")  # 512M, 1g, 1.5G; a bare number is MiB, as --total-mb always took
+    parser.add_argument("--total", "--total-mb", dest="total_mb", type=mib, default=512, metavar="SIZE",
+                        help="workload size, e.g. 512M or 1g; a bare number is MiB (default 512M)")
+    parser.add_argument("--hot", "--hot-mb", dest="hot_mb", type=mib, default=64, metavar="SIZE",
+                        help="of which the hot set, touched all the time (default 64M)")
     parser.add_argument("--rounds", type=int, default=3, help="slide rounds to run (default 3)")
     parser.add_argument("--scanner", choices=("auto",) + SOURCES, default="auto",
                         help="access source (default auto: the best this kernel has)")
@@ -36,14 +40,17 @@ def set_argparser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--sleep", type=int, default=1, help="seconds between passes (default 1)")
     parser.add_argument("--interval", type=int, default=1, help="seconds between rounds (default 1)")
     parser.add_argument("-T", type=int, default=1, dest="T", help="pages used fewer than T times a round are cold (default 1)")
-    parser.add_argument("--zram-mb", type=int, default=None,
+    parser.add_argument("--zram", "--zram-mb", dest="zram_mb", type=mib, default=None, metavar="SIZE",
                         help="size of the zram device made when no swap is active (default: workload size)")
 
 
 def missing_requirements() -> str | None:
     """Why the demo cannot run here, in one sentence; None when it can."""
     if os.geteuid() != 0:
-        return "etmem demo needs root: it swaps another process's memory out (process_madvise) and may create a zram device. Run: sudo etmem demo"
+        # By its path: sudo's secure_path holds no venv's (or pyenv's) etmem.
+        command = shlex.quote(os.path.abspath(sys.argv[0])) if os.path.basename(sys.argv[0]) == "etmem" else "etmem"
+        return ("etmem demo needs root: it swaps another process's memory out (process_madvise) and may create "
+                f"a zram device. Run: sudo {command} demo")
     if not kernel.has_process_madvise() and not kernel.has_swap_pages():
         return kernel.missing("process_madvise")
     if not kernel.swap_active():
