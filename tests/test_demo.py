@@ -37,7 +37,8 @@ def test_demo_help_lists_its_knobs():
 
 
 @pytest.mark.parametrize("args, says", [
-    (["--total-mb", "-5"], "--total-mb must be at least 1"),
+    (["--total-mb", "0"], "--total-mb must be at least 1"),
+    (["--total", "-5"], "argument --total/--total-mb: '-5': must be a size like 10g"),
     (["--hot-mb", "600"], "--hot-mb must be above 0 and below --total-mb (512)"),
     (["--rounds", "0"], "--rounds must be at least 1"),
     (["--zram-mb", "0"], "--zram-mb must be at least 1"),
