@@ -135,3 +135,11 @@ def test_the_readmes_first_line_installs_and_runs_the_demo(need_root, tmp_path):
     copy = project_copy(tmp_path / "etmem")
     out = run(readme_lines()[0], cwd=copy, shell=True, timeout=BUILD_TIMEOUT + 300)
     assert "every byte checked, all intact" in out.stdout, out.stdout[-2000:]
+
+
+def test_the_demos_root_hint_names_the_etmem_that_ran_by_its_path(need_root):
+    # sudo's secure_path holds no venv, so `sudo etmem demo` would not find a venv's etmem
+    code = ("import os, sys, etmem.cli.demo as demo; os.setgid(65534); os.setuid(65534); "
+            "sys.argv[0] = '/home/me/etmem/.venv/bin/etmem'; print(demo.missing_requirements())")
+    out = run([sys.executable, "-c", code], cwd="/")
+    assert out.stdout.strip().endswith("Run: sudo /home/me/etmem/.venv/bin/etmem demo")

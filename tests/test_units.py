@@ -74,3 +74,15 @@ def test_config_keys_shows_size_defaults_in_binary_units():
     out = subprocess.run(["etmem", "config", "keys", "psi"], capture_output=True, text=True, check=True).stdout
     line = next(line for line in out.splitlines() if line.strip().startswith("reclaim_max_bytes"))
     assert line.endswith("(default 1 GiB)"), line
+
+
+def test_demo_sizes_take_units_and_bare_mib_alike():
+    def demo(*args):
+        return subprocess.run(["etmem", "demo", *args], capture_output=True, text=True, timeout=60)
+    # refused before anything starts; the numbers say how the sizes were read
+    assert demo("--total", "1.5G", "--hot", "2g").stderr.strip() == \
+        "etmem demo: --hot-mb must be above 0 and below --total-mb (1536)"
+    assert demo("--total-mb", "512", "--hot", "1g").stderr.strip() == \
+        "etmem demo: --hot-mb must be above 0 and below --total-mb (512)"
+    assert demo("--total", "100k").stderr.splitlines()[-1] == \
+        "etmem demo: error: argument --total/--total-mb: '100k': must be a whole number of MiB"
