@@ -6,7 +6,7 @@ once through `swap_out` (VMA read, checks, iovec building, counters included) an
 through a bare loop of process_madvise calls over the same iovecs. Prints one JSON line
 per figure; exits 0 even when the target is missed. Needs root.
 
-    python benchmarks/bench_actions.py [--reps 2] [--cold-mb 1024]
+    python benchmarks/bench_actions.py [--reps 2] [--cold 1G]
 """
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ import time
 
 import numpy as np
 
-from etmem import kernel, zram
+from etmem import kernel, units, zram
 from etmem.actions import IOV_MAX, IOVEC, MADV_PAGEOUT, PAGE, iovecs, swap_out
 from etmem.process import ProcessHandle
 from etmem.stats import CallCounters
@@ -76,7 +76,8 @@ def measure(method: str, cold_mb: int) -> tuple[float, int, int]:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--reps", type=int, default=3)
-    parser.add_argument("--cold-mb", type=int, default=1024)
+    parser.add_argument("--cold", "--cold-mb", dest="cold_mb", type=units.size_arg("M", 1 << 20, "MiB"), default=1024, metavar="SIZE",
+                        help="cold region, e.g. 1G (a bare number is MiB)")
     args = parser.parse_args()
     reason = zram.missing_reason()
     if reason or not kernel.has_process_madvise():

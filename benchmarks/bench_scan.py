@@ -11,7 +11,7 @@
 
 Prints one JSON line per figure; exits 0 even when a target is missed.
 
-    python benchmarks/bench_scan.py [--reps 7] [--target-mb 4096]
+    python benchmarks/bench_scan.py [--reps 7] [--target 4G]
 """
 from __future__ import annotations
 
@@ -27,7 +27,7 @@ import time
 
 import numpy as np
 
-from etmem import _scan
+from etmem import _scan, units
 from etmem.scan import _PAGEMAP_CHUNK, read_pagemap
 
 PAGE = 4096
@@ -244,7 +244,8 @@ def bench_pagemap(reps: int, target_mb: int) -> None:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--reps", type=int, default=7)
-    parser.add_argument("--target-mb", type=int, default=4096)
+    parser.add_argument("--target", "--target-mb", dest="target_mb", type=units.size_arg("M", 1 << 20, "MiB"), default=4096, metavar="SIZE",
+                        help="pagemap target size, e.g. 4G (a bare number is MiB)")
     args = parser.parse_args(argv)
     bench_decode(args.reps)
     bench_pagemap(args.reps, args.target_mb)

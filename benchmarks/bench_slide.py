@@ -8,7 +8,7 @@ process's CPU time over the managed windows, divided by the GiB the scans covere
 daemon's CPU seconds per GiB scanned. Prints one JSON line per figure, exits 0 even when
 a target is missed. Needs root.
 
-    python benchmarks/bench_slide.py [--total-mb 1024] [--hot-mb 128] [--window 8] [--reps 2]
+    python benchmarks/bench_slide.py [--total 1G] [--hot 128M] [--window 8] [--reps 2]
 """
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ import resource
 import sys
 import time
 
-from etmem import zram
+from etmem import units, zram
 from etmem.model import Manager, Project
 from etmem.workload import Workload
 
@@ -42,8 +42,9 @@ def ops_rate(w: Workload, seconds: float) -> float:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--total-mb", type=int, default=1024)
-    parser.add_argument("--hot-mb", type=int, default=128)
+    parser.add_argument("--total", "--total-mb", dest="total_mb", type=units.size_arg("M", 1 << 20, "MiB"), default=1024, metavar="SIZE",
+                        help="workload size, e.g. 1G (a bare number is MiB)")
+    parser.add_argument("--hot", "--hot-mb", dest="hot_mb", type=units.size_arg("M", 1 << 20, "MiB"), default=128, metavar="SIZE")
     parser.add_argument("--window", type=float, default=8.0, help="seconds per measuring window")
     parser.add_argument("--reps", type=int, default=2)
     args = parser.parse_args()
