@@ -13,7 +13,13 @@ def test_slide_in_code_example_runs(need_root):
     assert out.returncode == 0, out.stderr
     assert "rounds: 3" in out.stdout and "workload data intact: True" in out.stdout
     swapped = int(re.search(r"pages swapped out: (\d+)", out.stdout).group(1))
-    assert swapped * 4096 >= 100 << 20          # most of the 112 MiB cold set
+    source = re.search(r"source: (\w+)", out.stdout).group(1)
+    recall, precision = re.search(r"cold pages swapped: (\d+)%, swapped pages that were cold: (\d+)%", out.stdout).groups()
+    assert int(precision) >= 95, out.stdout     # what went out was cold
+    if source == "refault":                     # samples its way through: a part in three rounds
+        assert swapped > 0, out.stdout
+    else:                                       # access bits or per-VMA verdicts: the whole cold set
+        assert swapped * 4096 >= 100 << 20 and int(recall) >= 90, out.stdout
 
 
 def test_config_in_code_example_runs():

@@ -1,5 +1,9 @@
 """Build a slide project in Python, run three rounds on a workload, read the stats, stop.
 
+With a per-page access-bit source (or smaps, since this workload's cold set is a VMA of
+its own) three rounds swap the whole cold set out; the refault source, which `auto`
+picks on kernels without access bits, samples its way through it over more rounds.
+
 Run as root:  python examples/python/slide_in_code.py
 It makes its own zram swap device when none is active and removes it at the end.
 """
@@ -31,6 +35,10 @@ def main() -> None:
             print(f"rounds: {stats['rounds']}, source: {stats['source']}")
             print(f"pages swapped out: {stats['pages_swapped']} ({stats['pages_swapped'] * 4 // 1024} MiB)")
             print(f"kernel calls: {stats['calls']}")
+            # The workload knows which of its pages are cold: how well did slide do?
+            placement = workload.placement()
+            print(f"cold pages swapped: {placement['recall']:.0%}, swapped pages that were cold: "
+                  f"{placement['precision'] if placement['precision'] is None else format(placement['precision'], '.0%')}")
             print(f"workload data intact: {workload.verify()}")
     finally:
         if swap is not None:

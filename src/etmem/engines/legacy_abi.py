@@ -335,7 +335,7 @@ class ScanLibrary:
                 source, sleep = self._scanners.get(pid, ("auto", 1))
             scanner = Scanner(pid, source=source, anon_only=False, ranges=ranges, huge="keep",
                               ign_host=bool(flags & SCAN_IGN_HOST), as_huge=bool(flags & SCAN_AS_HUGE),
-                              swap_flag=bool(flags & VMA_SCAN_FLAG))
+                              swap_flag=bool(flags & VMA_SCAN_FLAG), read_only=True)
             refs = scanner.scan(loop=1, sleep=sleep, stop=stop)
             if refs.passes < 1:
                 log.warning("scan library: scan of process %d failed: %s", pid, refs.error or "stopped")

@@ -62,8 +62,9 @@ class LruAge(Strategy):
 
     def _age_and_swap(self, task, handle, stop, out):
         project = task.project
-        refs = Scanner(handle, source=project.scanner, anon_only=True, swap_flag=task.swap_flag).scan(
-            loop=project.loop, sleep=project.sleep, stop=stop)
+        # read-only: ages need every page's access bits each round, not refault's page-out samples
+        refs = Scanner(handle, source=project.scanner, anon_only=True, swap_flag=task.swap_flag,
+                       read_only=True).scan(loop=project.loop, sleep=project.sleep, stop=stop)
         out.source = refs.source
         if refs.passes < project.loop or stop.is_set():
             # a cut-short round says nothing about idleness; say why unless we were stopped
