@@ -9,9 +9,16 @@
    vs the same reads alone. Target: <= 1.15 x the raw reads. Needs root for the target's
    pagemap (without it the second figure is skipped with a message).
 
+Times are this thread's CPU time (user + kernel, page faults included), not wall time:
+on a machine whose other core runs someone else's tests, wall time also counts the
+moments this thread waits for a core, which moved single reps by a third or more. Each
+figure is the median over --reps of the ratio within one rep, a rep timing the
+reference and etmem's side back to back (which goes first alternates); the _p10/_p90
+lines give the spread of those per-rep ratios. Times (ms, MB/s) are medians too.
+
 Prints one JSON line per figure; exits 0 even when a target is missed.
 
-    python benchmarks/bench_scan.py [--reps 7] [--target 4G]
+    python benchmarks/bench_scan.py [--reps 31] [--target 4G]
 """
 from __future__ import annotations
 
@@ -28,7 +35,7 @@ import time
 import numpy as np
 
 from etmem import _scan, units
-from etmem.scan import _PAGEMAP_CHUNK, read_pagemap
+from etmem.scan import PAGEMAP_CHUNK, read_pagemap
 
 PAGE = 4096
 
@@ -153,13 +160,24 @@ def make_stream(span: int, base: int, seed: int = 1) -> bytes:
     return bytes(out)
 
 
-def time_best(fn, reps: int) -> float:
-    best = float("inf")
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - t0)
-    return best
+def time_pairs(reference, candidate, reps: int) -> tuple[np.ndarray, np.ndarray]:
+    """CPU seconds of reference() and candidate() in reps back-to-back pairs, the order alternating."""
+    times = np.empty((reps, 2))
+    for rep in range(reps):
+        order = (0, 1) if rep % 2 == 0 else (1, 0)
+        for side in order:
+            fn = (reference, candidate)[side]
+            t0 = time.thread_time()
+            fn()
+            times[rep, side] = time.thread_time() - t0
+    return times[:, 0], times[:, 1]
+
+
+def emit_ratio(metric: str, ratios: np.ndarray, target: str) -> None:
+    """The median of the per-rep ratios against target, and their 10th/90th percentiles."""
+    emit(f"{metric}_p10", round(float(np.percentile(ratios, 10)), 3), "ratio", None)
+    emit(f"{metric}_p90", round(float(np.percentile(ratios, 90)), 3), "ratio", None)
+    emit(metric, round(float(np.median(ratios)), 3), "ratio", target)
 
 
 def bench_decode(reps: int) -> None:
@@ -187,16 +205,14 @@ def bench_decode(reps: int) -> None:
             _scan.decode_idle_pages(stream, base, base, counts_cy, kinds_cy, False)
 
         run_c(), run_cy()  # warm caches and page in the arrays
-        t_c = t_cy = float("inf")
-        for _ in range(reps):  # interleaved, so both see the same machine load
-            t_c = min(t_c, time_best(run_c, 1))
-            t_cy = min(t_cy, time_best(run_cy, 1))
+        t_c, t_cy = time_pairs(run_c, run_cy, reps)
         assert np.array_equal(counts_c, counts_cy) and np.array_equal(kinds_c, kinds_cy), "decoders disagree"
     mb = len(stream) / 1e6
-    emit("idle_pages_decode_cython_MBps", round(mb / t_cy, 1), "MB/s", None)
-    emit("idle_pages_decode_c_MBps", round(mb / t_c, 1), "MB/s", None)
-    emit("idle_pages_decode_cython_Mpages_per_s", round(nslots / t_cy / 1e6, 1), "Mpages/s", None)
-    emit("idle_pages_decode_cython_vs_c", round(t_c / t_cy, 3), "ratio", ">= 0.9")
+    emit("idle_pages_decode_reps", reps, "reps", None)
+    emit("idle_pages_decode_cython_MBps", round(mb / np.median(t_cy), 1), "MB/s", None)
+    emit("idle_pages_decode_c_MBps", round(mb / np.median(t_c), 1), "MB/s", None)
+    emit("idle_pages_decode_cython_Mpages_per_s", round(nslots / np.median(t_cy) / 1e6, 1), "Mpages/s", None)
+    emit_ratio("idle_pages_decode_cython_vs_c", t_c / t_cy, ">= 0.9")
 
 
 def bench_pagemap(reps: int, target_mb: int) -> None:
@@ -209,7 +225,7 @@ def bench_pagemap(reps: int, target_mb: int) -> None:
         start, end = w.cold[0], w.cold[1]
         # the whole target: both regions, as a scan of its anonymous memory reads them
         spans = sorted([tuple(w.cold), tuple(w.hot)])
-        buf = np.empty(_PAGEMAP_CHUNK, dtype=np.uint64)
+        buf = np.empty(PAGEMAP_CHUNK, dtype=np.uint64)
         raw = memoryview(buf).cast("B")
 
         def raw_reads():
@@ -228,25 +244,25 @@ def bench_pagemap(reps: int, target_mb: int) -> None:
                 read_pagemap(w.pid, lo, hi)
 
         raw_reads(), decoded()
-        t_raw = t_dec = float("inf")
-        for _ in range(reps):
-            t_raw = min(t_raw, time_best(raw_reads, 1))
-            t_dec = min(t_dec, time_best(decoded, 1))
+        t_raw, t_dec = time_pairs(raw_reads, decoded, reps)
         pages = sum(hi - lo for lo, hi in spans) // PAGE
         present = int(read_pagemap(w.pid, start, end)["present"].sum())
-    emit("pagemap_scan_raw_reads_ms", round(t_raw * 1e3, 2), "ms", None)
-    emit("pagemap_scan_decoded_ms", round(t_dec * 1e3, 2), "ms", None)
+    emit("pagemap_scan_reps", reps, "reps", None)
+    emit("pagemap_scan_raw_reads_ms", round(float(np.median(t_raw)) * 1e3, 2), "ms", None)
+    emit("pagemap_scan_decoded_ms", round(float(np.median(t_dec)) * 1e3, 2), "ms", None)
     emit("pagemap_scan_pages", pages, "pages", None)
     emit("pagemap_scan_present_cold_pages", present, "pages", None)
-    emit("pagemap_scan_decoded_vs_raw", round(t_dec / t_raw, 3), "ratio", "<= 1.15")
+    emit_ratio("pagemap_scan_decoded_vs_raw", t_dec / t_raw, "<= 1.15")
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--reps", type=int, default=7)
+    parser.add_argument("--reps", type=int, default=31)
     parser.add_argument("--target", "--target-mb", dest="target_mb", type=units.size_arg("M", 1 << 20, "MiB"), default=4096, metavar="SIZE",
                         help="pagemap target size, e.g. 4G (a bare number is MiB)")
     args = parser.parse_args(argv)
+    if args.reps < 1:
+        parser.error("--reps must be at least 1")
     bench_decode(args.reps)
     bench_pagemap(args.reps, args.target_mb)
     return 0
