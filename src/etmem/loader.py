@@ -24,7 +24,6 @@ from .strategy import Strategy
 log = logging.getLogger("etmem.config")
 
 UPSTREAM_ONLY_ENGINES = {
-    "damon": "upstream's DAMON engine is not part of etmem for Python (use scanner=damon with slide)",
     "memdcd": "upstream's memdcd engine is not part of etmem for Python",
 }
 
@@ -168,6 +167,17 @@ def _split(values: dict, *specs: type) -> tuple[list[dict], dict]:
     return parts, rest
 
 
+def engine_project_problem(engine_type: str, project: ProjectSpec) -> str | None:
+    """Which engines a project's scan_type takes: a region project only damon engines, damon only region projects."""
+    if project.scan_type == "region" and engine_type != "damon":
+        return (f"a region project (scan_type=region) has only damon engines; project {project.name} "
+                f"cannot take a {engine_type} engine")
+    if engine_type == "damon" and project.scan_type != "region":
+        return (f"the damon engine needs a project with scan_type=region "
+                f"(project {project.name} has scan_type={project.scan_type})")
+    return None
+
+
 def strategy_for(name: str, plugins: Plugins) -> type[Strategy]:
     strategy = plugins.engine_type(name)
     if strategy is None:
@@ -259,6 +269,11 @@ def load_groups(groups: list[Group], path: str | None = None, plugins: Plugins |
         except ConfigErrors as exc:
             errors += exc.errors
     project_specs = {p.name: p for p in projects}
+    for engine in engines:
+        project = project_specs.get(engine.project) or (find_project(engine.project) if find_project else None)
+        problem = engine_project_problem(engine.common.name, project) if project else None
+        if problem:
+            errors.append(config._error(engine.origin, "engine", "name", {"name": engine.common.name}, problem))
     engine_types = {(e.project, e.name): e.strategy for e in engines}
     for group in (g for g in groups if g.kind == "task"):
         values = group.values

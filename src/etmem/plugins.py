@@ -27,7 +27,8 @@ from .strategy import Strategy
 log = logging.getLogger("etmem.plugins")
 
 ENTRY_POINT_GROUP = "etmem"
-BUILTIN_PLUGINS = ("etmem.engines.slide", "etmem.engines.cslide", "etmem.engines.psi", "etmem.engines.legacy")
+BUILTIN_PLUGINS = ("etmem.engines.slide", "etmem.engines.cslide", "etmem.engines.psi", "etmem.engines.damon",
+                   "etmem.engines.legacy")
 
 
 @attrs.frozen

@@ -284,11 +284,6 @@ def damon_quota_goal_problem(metric: str) -> str | None:
     if linux_version() < since:
         return (f"DAMON's quota goal {metric} needs {_release(since)} or newer; "
                 f"this kernel is {os.uname().release}")
-    if metric == "some_mem_psi_us" and not os.path.exists("/proc/pressure/memory"):
-        config = kernel_config()
-        if config.get("CONFIG_PSI") != "y" and config:
-            need = "the kernel needs CONFIG_PSI=y"
-        else:
-            need = "pressure stall information is off (boot with psi=1)"
-        return f"DAMON's quota goal {metric} follows memory pressure, but /proc/pressure/memory is missing: {need}"
+    if metric == "some_mem_psi_us" and not has_psi():
+        return f"DAMON's quota goal {metric} follows memory pressure, but {missing('psi')}"
     return None
