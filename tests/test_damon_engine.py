@@ -493,3 +493,17 @@ def test_project_start_waits_for_a_damon_source_scan_and_then_gives_up_clearly(d
         KDAMONDS.leave(other_scan)
     assert damon_tree.file("kdamonds/0/state") == "on" and KDAMONDS.user == "engine"
 
+
+
+def test_the_python_api_builds_the_same_engine_and_refuses_it_outside_a_region_project(damon_tree, manager, processes):
+    from etmem import Project
+    child = processes()
+    project = Project(name="api", scan_type="region", sample_interval=5000, aggr_interval=100000,
+                      update_interval=100000000, min_nr_regions=10, max_nr_regions=1000)
+    project.add_engine("damon", action="cold", max_acc=0).add_task("t", "pid", child.pid)
+    manager.add(project)
+    manager.start("api")
+    assert damon_tree.file(f"{CTX}/schemes/0/action") == "cold" and pids_of(damon_tree) == [child.pid]
+    page = Project(name="pages", loop=1, interval=1, sleep=1)
+    with pytest.raises(ConfigError, match="the damon engine needs a project with scan_type=region"):
+        page.add_engine("damon", action="cold")
