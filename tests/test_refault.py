@@ -49,10 +49,11 @@ def test_a_sample_larger_than_the_pages_takes_them_all():
     np.testing.assert_array_equal(stratified_sample(pages, 64, np.random.default_rng()), pages)
 
 
-def test_sample_size_doubles_below_half_the_budget_shrinks_above_it_and_never_below_the_floor():
+def test_sample_size_doubles_below_half_the_budget_and_follows_it_in_proportion_above():
     assert next_sample_size(1000, came_back=10, allowed=100, ceiling=10**6) == 2000
-    assert next_sample_size(1000, came_back=60, allowed=100, ceiling=10**6) == 1000    # between half and all: kept
-    assert next_sample_size(1000, came_back=400, allowed=100, ceiling=10**6) == 250    # N *= allowed / came_back
+    assert next_sample_size(1000, came_back=0, allowed=100, ceiling=10**6) == 2000
+    assert next_sample_size(1000, came_back=80, allowed=100, ceiling=10**6) == 1250    # N *= allowed / came_back
+    assert next_sample_size(1000, came_back=400, allowed=100, ceiling=10**6) == 250
     assert next_sample_size(1000, came_back=1000, allowed=0, ceiling=10**6) == MIN_SAMPLE
     assert next_sample_size(1000, came_back=0, allowed=100, ceiling=1500) == 1500       # at most the resident pages
 

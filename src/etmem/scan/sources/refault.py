@@ -81,13 +81,11 @@ def stratified_sample(pages: np.ndarray, n: int, rng: np.random.Generator) -> np
 def next_sample_size(n: int, came_back: int, allowed: float, ceiling: int) -> int:
     """The sample size after a round in which came_back pages came back and `allowed` might.
 
-    Above the budget the sample shrinks in proportion (never below MIN_SAMPLE); below half
-    of it the sample doubles, up to `ceiling` (the resident pages).
+    N *= allowed / came_back, at most doubling: the sample doubles while fewer than half of
+    the allowed pages come back, grows in proportion up to the budget, and shrinks in
+    proportion above it; never below MIN_SAMPLE, never above `ceiling` (the resident pages).
     """
-    if came_back > allowed:
-        n = int(n * allowed / came_back)
-    elif came_back < allowed / 2:
-        n *= 2
+    n = n * 2 if came_back * 2 <= allowed else int(n * allowed / came_back)
     return max(MIN_SAMPLE, min(n, ceiling))
 
 
