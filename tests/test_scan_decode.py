@@ -231,3 +231,15 @@ def test_idle_bits_set_then_tested_round_trip(pfns, first, nwords):
     out = np.zeros(len(probe), np.uint8)
     _scan.test_bits(words, first, probe, out)
     assert out.tolist() == [int(int(p) in inside) for p in probe]
+
+
+def test_an_empty_window_is_never_written_even_with_huge_pages_kept():
+    # The window's arrays are views of length 0 into larger buffers: a write one slot
+    # past the end would change the sentinels behind them.
+    counts_buf = np.full(4, -7, dtype=np.int32)
+    kinds_buf = np.full(4, 0xEE, dtype=np.uint8)
+    base = 0x7F0000000000
+    stream = bytes([0xA0]) + base.to_bytes(8, "big") + bytes([(1 << 4) | 3, (0 << 4) | 5])   # 3 PMD_ACCESSED, 5 PTE_ACCESSED
+    for keep in (False, True):
+        _scan.decode_idle_pages(stream, base, base, counts_buf[:0], kinds_buf[:0], keep)
+        assert (counts_buf == -7).all() and (kinds_buf == 0xEE).all()
