@@ -54,7 +54,8 @@ TASK = "[task]\nproject=p\nengine=psi\nname=t\n"   # lines 8-11: its own keys st
 
 
 def load(text: str):
-    return load_text(textwrap.dedent(text), "t.conf")
+    # strict: a key psi does not have (swap_flag) is an error here, not etmemd's warning
+    return load_text(textwrap.dedent(text), "t.conf", strict=True)
 
 
 def error_of(text: str) -> ConfigError:
@@ -435,6 +436,14 @@ def test_a_glob_follows_cgroups_as_they_come_and_go_matched_by_inode(tree):
     assert a.detail["reclaimed_total"] == 20 * MiB and len(task.view.state.cgroups) == 2
     # a: 20 + 15 before it went; b: 20 + 15 + (45 x 0.25); the new a: 20
     assert task.stats.extra["reclaimed_bytes"] == (35 + 46.25 + 20) * MiB
+
+
+def test_a_cgroup_removed_between_the_glob_and_its_reading_is_dropped_without_error(tree, monkeypatch):
+    make_cgroup(tree.root, "isulad/a")
+    monkeypatch.setattr(EmulatedHierarchy, "glob", lambda self, pattern: ["isulad/a", "isulad/gone"])
+    _, task = psi_task(cg_dir="isulad/*")
+    stats = task.run_round()
+    assert [t.detail["cgroup"] for t in stats.last_round] == ["isulad/a"] and stats.last_error is None
 
 
 def test_a_glob_that_matches_nothing_skips_the_round_and_a_missing_cgroup_is_an_error(tree):

@@ -230,8 +230,8 @@ class Psi(Strategy):
                 cg_state.path = path
                 self._reclaim(cgroup, cg_state, task.keys, state, out)
             except CgroupGone as exc:
-                if GLOB_CHARS.search(task.keys.cg_dir or ""):
-                    continue   # it went between the glob and now: gone, as at the next glob
+                if task.keys.unit or GLOB_CHARS.search(task.keys.cg_dir or ""):
+                    continue   # removed since it was found (a container or unit stopped): dropped, no error
                 out.error = str(exc)
             except EtmemError as exc:
                 out.error = str(exc)
