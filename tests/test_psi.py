@@ -328,6 +328,26 @@ def test_cgroup_figures_read_max_as_no_limit_and_bound_swap_by_free_swap(tree, m
     assert (v1.current(), v1._number("memory.limit_in_bytes")) == (3 * MiB, None)
 
 
+def test_openeulers_cgroup_v1_layout_reads_pressure_from_cpuacct_and_the_rest_from_memory(tmp_path, monkeypatch):
+    memory, cpuacct = tmp_path / "memory" / "web", tmp_path / "cpuacct" / "web"
+    memory.mkdir(parents=True)
+    cpuacct.mkdir(parents=True)
+    for name, value in {"memory.usage_in_bytes": 80 * MiB, "memory.limit_in_bytes": 0x7FFFFFFFFFFFF000,
+                        "memory.memsw.usage_in_bytes": 90 * MiB, "memory.memsw.limit_in_bytes": 100 * MiB,
+                        "memory.min": 0, "memory.low": 4 * MiB}.items():
+        _put(memory, name, value)
+    _write_stat(memory, {"active_anon": 1, "total_active_anon": 40 * MiB, "total_inactive_anon": 20 * MiB,
+                         "total_active_file": 5 * MiB, "total_inactive_file": 10 * MiB})
+    set_pressure(cpuacct, 0.5, 0.25)
+    monkeypatch.setattr(cgroup.procfs, "meminfo", lambda: {"SwapFree": 1 << 20})
+    web = Hierarchy(1, str(tmp_path / "memory"), str(tmp_path / "cpuacct")).cgroup("web")
+    f = web.figures()
+    assert (f.current, f.limit, f.memory_low, f.swap_room) == (80 * MiB, None, 4 * MiB, 10 * MiB)
+    assert (f.stat.anon_lru, f.stat.file_lru) == (60 * MiB, 15 * MiB)
+    assert web.pressure().recent == 0.5
+    assert reclaim_floor(f, 0, 0.1) == 80 * MiB - (15 * MiB + 10 * MiB)
+
+
 def test_a_vanished_cgroup_is_an_error_naming_it_and_a_missing_pressure_file_is_no_psi(tree):
     d = make_cgroup(tree.root, "web", psi=False)
     web = tree.cgroup("web")
