@@ -28,9 +28,9 @@ def load(text: str, path: str = "t.conf"):
     return load_text(textwrap.dedent(text), path)
 
 
-def error_of(text: str, path: str = "t.conf") -> ConfigError:
+def error_of(text: str, path: str = "t.conf", strict: bool = False) -> ConfigError:
     with pytest.raises(ConfigError) as info:
-        load(text, path)
+        load_text(textwrap.dedent(text), path, strict=strict)
     return info.value
 
 
@@ -53,10 +53,21 @@ def test_a_config_written_like_upstreams_samples_loads_with_pmu_warnings():
     assert len(pmu) == 2 and "sample_period" in pmu[0] and "upstream-sample.conf:" in pmu[0]
 
 
-def test_upstream_readme_sample_with_name_given_twice_is_a_clear_error():
-    text = SLIDE + "[task]\nproject=p\nengine=slide\nname=a\ntype=pid\nname=23456\nT=1\n"
-    err = error_of(text)
-    assert "given twice in this group (first on line" in str(err) and err.key == "name"
+def test_a_key_given_twice_keeps_its_last_value_with_a_warning_as_upstreams_keyfile():
+    text = SLIDE + "[task]\nproject=p\nengine=slide\nname=a\ntype=pid\nvalue=7\nT=1\nname=b\n"
+    cfg = load(text)
+    assert [t.name for t in cfg.tasks] == ["t", "b"] and cfg.tasks[1].origin.line_of("name") == 23
+    assert cfg.warnings == ("t.conf:23: [task] name: given twice in this group (first on line 19); the last value is "
+                            "used, as upstream etmem does",)
+    err = error_of(text, strict=True)
+    assert (str(err), err.key) == ("t.conf:23: [task] name=b: given twice in this group (first on line 19)", "name")
+
+
+def test_upstream_readme_sample_with_name_given_twice_fails_for_its_missing_value():
+    """Upstream's README gives a cslide task name= twice and no value=: the last name wins,
+    and the task then has no value, as upstream would find too."""
+    err = error_of(SLIDE + "[task]\nproject=p\nengine=slide\nname=a\ntype=pid\nname=23456\nT=1\n")
+    assert err.key == "value" and "missing" in err.message
 
 
 def test_comments_blank_lines_and_whitespace_are_ignored():
@@ -225,14 +236,26 @@ def test_thirdparty_keys_and_pass_through():
 
 # --- each kind of error ---------------------------------------------------------------------
 
-def test_misspelt_key_suggests_the_nearest_one():
-    err = error_of(PROJECT + "intervall=5\n")
+def test_misspelt_key_suggests_the_nearest_one_in_a_warning_or_strictly_an_error():
+    [warning] = load(PROJECT + "intervall=5\n").warnings
+    assert warning.startswith("t.conf:6: [project] intervall=5: unknown key; did you mean 'interval'? (allowed here: ")
+    assert warning.endswith("; ignored, as upstream etmem ignores keys it does not know")
+    err = error_of(PROJECT + "intervall=5\n", strict=True)
     assert err.key == "intervall" and "did you mean 'interval'?" in err.message and err.line == 6
 
 
-def test_unknown_key_in_a_builtin_engine_is_an_error():
-    err = error_of(SLIDE + "hot_threshold=3\n")
+def test_unknown_key_in_a_builtin_engine_is_ignored_with_a_warning_or_strictly_an_error():
+    cfg = load(SLIDE + "hot_threshold=3\n")
+    assert cfg.tasks[0].extra == {} and "[task] hot_threshold=3: unknown key" in cfg.warnings[0]
+    cfg = load(SLIDE.replace("[task]", "colour=blue\n[task]"))
+    assert cfg.engines[0].extra == {} and "[engine] colour=blue: unknown key" in cfg.warnings[0]
+    err = error_of(SLIDE + "hot_threshold=3\n", strict=True)
     assert err.key == "hot_threshold" and "unknown key" in err.message
+
+
+def test_a_file_with_no_group_is_an_error():
+    err = error_of("# only a comment\n\n")
+    assert str(err) == "t.conf: has no [project], [engine] or [task] group: there is nothing to add or delete"
 
 
 def test_missing_required_key_points_at_the_group_header():

@@ -134,7 +134,7 @@ def test_object_and_state_errors(daemon, conf, tmp_path, target):
     assert daemon.etmem("obj", "add", "-f", str(conf)).returncode == 0
     again = daemon.etmem("obj", "add", "-f", str(conf))
     assert again.returncode == 186
-    assert again.stdout.startswith(f"error: project has been existed\n{conf}: [project] project p1 already exists\n")
+    assert again.stdout.startswith(f"error: project has been existed\n{conf}:1: [project] project p1 already exists\n")
     assert [p["name"] for p in show_json(daemon)] == ["p1"]
 
     assert daemon.etmem("project", "start", "-n", "p1").returncode == 0
@@ -168,7 +168,7 @@ def test_a_bad_file_adds_nothing(daemon, tmp_path, target):
         """)
     result = daemon.etmem("obj", "add", "-f", str(half))
     assert result.returncode == 186
-    assert result.stdout.startswith("error: invalid parameters\n") and "nosuchengine" in result.stdout
+    assert result.stdout.startswith("error: engine is not exist\n") and "nosuchengine" in result.stdout
     assert show_json(daemon) == []
     broken = write_config(tmp_path / "broken.conf", "[project]\nname=p4\nloop=banana\n")
     result = daemon.etmem("obj", "add", "-f", str(broken))

@@ -144,10 +144,11 @@ def test_every_failure_reply_starts_with_upstreams_line_for_its_cause(daemon, tm
     engine_again = write_config(tmp_path / "engine.conf", "[engine]\nname=probe\nproject=p1\n")
     task_again = write_config(tmp_path / "task.conf", probe_task("p1", "t1", str(target), "pid"))
     bad_value = write_config(tmp_path / "bad.conf", "[project]\nname=p9\nloop=0\ninterval=1\nsleep=1\n")
+    unknown_engine = write_config(tmp_path / "unknown.conf", probe_task("p1", "t6", "x").replace("=probe", "=nosuch"))
     no_engine = write_config(tmp_path / "noengine.conf", "[task]\nproject=p1\nengine=slide\nname=t5\ntype=pid\n"
                                                          f"value={target}\nT=1\n")
     cases = [
-        (obj_add(base), "error: project has been existed", f"{base}: [project] project p1 already exists"),
+        (obj_add(base), "error: project has been existed", f"{base}:1: [project] project p1 already exists"),
         (start("ABSENT"), "error: project is not exist", "project ABSENT does not exist (projects: p1)"),
         (stop("p1"), "error: project has been stopped", "project p1 is not started"),
         (engine_cmd("p1", "probe", "hello"), "error: invalid parameters", "project p1 is not started: engine commands "
@@ -158,6 +159,8 @@ def test_every_failure_reply_starts_with_upstreams_line_for_its_cause(daemon, tm
         (obj_add(bad_value), "error: invalid parameters", f"{bad_value}:3: [project] loop=0: must be an integer"),
         (obj_add(no_engine), "error: engine is not exist", f"{no_engine}:1: [task] engine slide does not exist in "
                                                            "project p1"),
+        (obj_add(unknown_engine), "error: engine is not exist", f"{unknown_engine}:3: [task] engine=nosuch: no engine "
+                                                                "'nosuch' in project 'p1'"),
         (start("p1"), None, None),
         (start("p1"), "error: project has been started", "project p1 is already started"),
         (engine_cmd("p1", "slide", "hello"), "error: engine is not exist", "project p1 has no engine slide"),
@@ -180,6 +183,60 @@ def test_every_failure_reply_starts_with_upstreams_line_for_its_cause(daemon, tm
     assert failed.returncode == 186 and failed.stderr == ""
     assert failed.stdout == ("error: project has been started\nproject p1 is already started\n"
                              "etmem_client_recv failed.\netmem: error -70\n" + client.PROJECT_HELP)
+
+
+# -- config files ------------------------------------------------------------------------
+
+def test_a_stray_key_and_a_repeated_one_load_with_a_warning_as_upstreams_keyfile(daemon, tmp_path, target):
+    conf = write_config(tmp_path / "p1.conf", probe_config("p1", target).replace("sleep=1", "sleep=1\n"
+                                                                                "intervall=5\nloop=2"))
+    assert daemon.raw(obj_add(conf)) == b"\xff"
+    time.sleep(0.2)
+    log = daemon.log()
+    assert f"{conf}:6: [project] intervall=5: unknown key; did you mean 'interval'?" in log
+    assert f"{conf}:7: [project] loop: given twice in this group (first on line 3); the last value is used" in log
+    assert daemon.raw(show_one("p1")).startswith(b"project: p1\n")
+    checked = subprocess.run([script("etmem"), "config", "check", "--strict", str(conf)], capture_output=True,
+                             text=True, timeout=60)
+    assert checked.returncode == 1 and f"{conf}:7: [project] loop=2: given twice" in checked.stderr
+
+
+def test_a_config_file_with_no_group_is_invalid_parameters(daemon, tmp_path):
+    empty = write_config(tmp_path / "empty.conf", "# nothing but a comment\n")
+    for request in (obj_add(empty), f"proj_name - file_name {empty} cmd 1 eng_name - eng_cmd - task_name -".encode()):
+        reply = daemon.raw(request)
+        assert fails_with(reply, "error: invalid parameters"), reply
+        assert b"no [project], [engine] or [task] group" in reply
+
+
+
+def test_config_check_says_a_project_the_file_does_not_define_must_exist_in_etmemd(tmp_path):
+    conf = tmp_path / "engine.conf"
+    conf.write_text("[engine]\nname=slide\nproject=web\n")
+    checked = subprocess.run([script("etmem"), "config", "check", str(conf)], capture_output=True, text=True,
+                             timeout=60)
+    assert (checked.returncode, checked.stdout) == (0, f"{conf}: ok: 0 project(s), 1 engine(s), 0 task(s)\n")
+    assert checked.stderr == (f"warning: {conf}:1: [engine] project=web is not defined in this file: it must "
+                              "already exist in etmemd when the file is added\n")
+
+
+def test_a_library_not_owned_by_root_root_is_refused(daemon, tmp_path, target):
+    lib = tmp_path / "my_engine.so"
+    lib.write_bytes(b"\x7fELF")            # refused before it is ever loaded
+    os.chown(lib, 0, 1)                    # root:daemon
+    os.chmod(lib, 0o500)
+    conf = write_config(tmp_path / "c.conf", probe_config("p1", target) + f"""
+        [engine]
+        name=thirdparty
+        project=p1
+        eng_name=my_engine
+        libname={lib}
+        ops_name=my_engine_ops
+        """)
+    reply = daemon.raw(obj_add(conf))
+    assert fails_with(reply, "error: etmemd has internal error, see reason details in messages"), reply
+    assert f"libname {lib}: owned by 0:1; it must be owned by root:root".encode() in reply
+    assert daemon.raw(SHOW_ALL) == b"no project exists\n\n\xff"
 
 
 # -- the client's statuses ------------------------------------------------------------

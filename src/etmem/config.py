@@ -23,8 +23,11 @@ from cattrs.gen import make_dict_structure_fn, override
 
 from . import units
 from .errors import ConfigError
+from .errors import ConfigErrors  # noqa: F401  (re-exported)
 
 GROUPS = ("project", "engine", "task")
+#: A file with no group: upstream's etmemd refuses it (invalid parameters).
+NO_GROUPS = "has no [project], [engine] or [task] group: there is nothing to add or delete"
 MAX_NAME = 64
 MAX_COMM = 15
 MAX_FILE_BYTES = 10 << 20  # upstream refuses config files above 10 MiB
@@ -432,12 +435,22 @@ def clamp_max_threads(value: int, nproc: int) -> tuple[int, str | None]:
 
 @attrs.frozen
 class Group:
-    """One [group] of a file: its kind, header line and key=value lines in order."""
+    """One [group] of a file: its kind, header line and key=value lines in order.
+
+    `repeats` lists the keys given more than once, as (key, first line, line of the value
+    kept): the last value is the one in `items`, as upstream's GKeyFile keeps it.
+    """
 
     kind: str
     line: int
     items: tuple  # ((key, value, line), ...)
     path: str | None = None
+    repeats: tuple = ()
+
+    def repeat_warnings(self) -> list[str]:
+        where = f"{self.path}:" if self.path else "line "
+        return [f"{where}{line}: [{self.kind}] {key}: given twice in this group (first on line {first}); "
+                f"the last value is used, as upstream etmem does" for key, first, line in self.repeats]
 
     @property
     def values(self) -> dict:
@@ -448,17 +461,22 @@ class Group:
         return Origin(self.path, self.line, {k: n for k, _, n in self.items})
 
 
-def parse_keyfile(text: str, path: str | None = None) -> list[Group]:
-    """Split a key file into groups; raises ConfigError for a malformed line."""
+def parse_keyfile(text: str, path: str | None = None, strict: bool = False) -> list[Group]:
+    """Split a key file into groups; raises ConfigError for a malformed line.
+
+    A key given twice in a group keeps its last value, as upstream's GKeyFile does (the
+    group's `repeats` say so); strict=True makes it an error instead.
+    """
     groups: list[Group] = []
     errors: list[ConfigError] = []
     current: tuple[str, int] | None = None
     items: list[tuple[str, str, int]] = []
     seen: dict[str, int] = {}
+    repeats: list[tuple[str, int, int]] = []
 
     def close():
         if current is not None:
-            groups.append(Group(current[0], current[1], tuple(items), path))
+            groups.append(Group(current[0], current[1], tuple(items), path, tuple(repeats)))
 
     for number, raw in enumerate(text.splitlines(), start=1):
         line = raw.strip()
@@ -471,13 +489,13 @@ def parse_keyfile(text: str, path: str | None = None) -> list[Group]:
             kind = line[1:-1].strip()
             if kind not in GROUPS:
                 close()
-                current, items, seen = None, [], {}
+                current, items, seen, repeats = None, [], {}, []
                 close_match = difflib.get_close_matches(kind, GROUPS, n=1)
                 hint = f"; did you mean [{close_match[0]}]?" if close_match else ""
                 errors.append(ConfigError(f"unknown group [{kind}]{hint} (allowed: [project], [engine], [task])", path, number))
                 continue
             close()
-            current, items, seen = (kind, number), [], {}
+            current, items, seen, repeats = (kind, number), [], {}, []
             continue
         name, sep, value = line.partition("=")
         name, value = name.strip(), value.strip()
@@ -488,9 +506,14 @@ def parse_keyfile(text: str, path: str | None = None) -> list[Group]:
             errors.append(ConfigError("key outside any group: start the file with [project], [engine] or [task]", path, number, key=name))
             continue
         if name in seen:
-            errors.append(ConfigError(f"given twice in this group (first on line {seen[name]})", path, number, current[0], name, value))
-            continue
-        seen[name] = number
+            if strict:
+                errors.append(ConfigError(f"given twice in this group (first on line {seen[name]})", path, number,
+                                          current[0], name, value))
+                continue
+            repeats.append((name, seen[name], number))
+            items = [item for item in items if item[0] != name]
+        else:
+            seen[name] = number
         items.append((name, value, number))
     close()
     if errors:
@@ -500,18 +523,6 @@ def parse_keyfile(text: str, path: str | None = None) -> list[Group]:
 
 def _clip(text: str, width: int = 40) -> str:
     return text if len(text) <= width else text[: width - 3] + "..."
-
-
-class ConfigErrors(ConfigError):
-    """Several config problems at once; the attributes are those of the first."""
-
-    def __init__(self, errors: list[ConfigError]):
-        first = errors[0]
-        self.errors = list(errors)
-        super().__init__(first.message, first.path, first.line, first.group, first.key, first.value)
-
-    def __str__(self) -> str:
-        return "\n".join(ConfigError.__str__(e) for e in self.errors)
 
 
 def read_config_file(path: str) -> str:

@@ -13,16 +13,20 @@ class EtmemError(Exception):
 
 
 class ConfigError(EtmemError):
-    """A bad config value or file. `path`, `line`, `group` and `key` say where."""
+    """A bad config value or file. `path`, `line`, `group` and `key` say where; `cause`, when
+    set, the Cause a request fails with (else INVALID): a task naming an engine that is not
+    there is ENGINE_MISSING, as upstream's."""
 
     def __init__(self, message: str, path: str | None = None, line: int | None = None,
-                 group: str | None = None, key: str | None = None, value: str | None = None):
+                 group: str | None = None, key: str | None = None, value: str | None = None,
+                 cause: "Cause | None" = None):
         self.message = message
         self.path = path
         self.line = line
         self.group = group
         self.key = key
         self.value = value
+        self.cause = cause
         super().__init__(str(self))
 
     def __str__(self) -> str:
@@ -45,7 +49,7 @@ class ConfigErrors(ConfigError):
     def __init__(self, errors: list[ConfigError]):
         first = errors[0]
         self.errors = list(errors)
-        super().__init__(first.message, first.path, first.line, first.group, first.key, first.value)
+        super().__init__(first.message, first.path, first.line, first.group, first.key, first.value, first.cause)
 
     def __str__(self) -> str:
         return "\n".join(ConfigError.__str__(e) for e in self.errors)
@@ -145,6 +149,8 @@ def cause_of(exc: BaseException) -> Cause:
     """The Cause of a failed request: an ObjectError's own; bad input (a config, a request,
     a refused file) INVALID; anything else, a C engine's failure or a bug, INTERNAL."""
     if isinstance(exc, ObjectError):
+        return exc.cause
+    if isinstance(exc, ConfigError) and exc.cause is not None:
         return exc.cause
     if isinstance(exc, (ConfigError, ProtocolError, RequestRefused)):
         return Cause.INVALID

@@ -15,6 +15,7 @@ from typing import Any, Callable
 import attrs
 
 from . import config
+from .errors import Cause
 from .config import (ConfigError, ConfigErrors, EngineCommon, Group, Origin, ProjectSpec,
                      TaskCommon, check_project, check_task_common, clamp_max_threads, spec_keys)
 from .plugins import Plugins, default_plugins
@@ -76,13 +77,15 @@ class TaskConfig:
 
 @attrs.frozen
 class ConfigFile:
-    """Everything one config file declares, validated, in file order."""
+    """Everything one config file declares, validated, in file order; `project_origins`
+    says where each project's group is."""
 
     path: str | None
     projects: tuple
     engines: tuple
     tasks: tuple
     warnings: tuple
+    project_origins: tuple = ()
 
     def summary(self) -> str:
         return f"{len(self.projects)} project(s), {len(self.engines)} engine(s), {len(self.tasks)} task(s)"
@@ -155,6 +158,16 @@ def scanner_problem(name: str, plugins: Plugins | None = None) -> str | None:
     return f"must be {config.Choice('auto', *scan_registry.names()).allowed}"
 
 
+def unknown_keys(names, allowed, group: str, values: dict, origin: Origin,
+                 strict: bool) -> tuple[list[ConfigError], list[str]]:
+    """Keys no spec declares, with the nearest known key: errors when strict, else warnings
+    (the keys are then ignored, as upstream's etmemd ignores keys it does not read)."""
+    found = [config._error(origin, group, k, values, config.unknown_key_message(k, allowed)) for k in names]
+    if strict:
+        return found, []
+    return [], [f"{e}; ignored, as upstream etmem ignores keys it does not know" for e in found]
+
+
 def _split(values: dict, *specs: type) -> tuple[list[dict], dict]:
     """Distribute values over spec classes by their keys; the rest is left over."""
     parts = []
@@ -186,8 +199,10 @@ def strategy_for(name: str, plugins: Plugins) -> type[Strategy]:
     return strategy
 
 
-def build_engine(values: dict, origin: Origin | None = None, plugins: Plugins | None = None) -> tuple[EngineConfig, list[str]]:
-    """Validate one [engine] group; returns the config and its warnings."""
+def build_engine(values: dict, origin: Origin | None = None, plugins: Plugins | None = None,
+                 strict: bool = True) -> tuple[EngineConfig, list[str]]:
+    """Validate one [engine] group; returns the config and its warnings. strict=False: a key
+    the engine does not know is a warning, not an error."""
     origin = origin or Origin()
     plugins = plugins or default_plugins()
     errors: list[ConfigError] = []
@@ -196,10 +211,12 @@ def build_engine(values: dict, origin: Origin | None = None, plugins: Plugins | 
     except ValueError as exc:
         raise ConfigErrors([config._error(origin, "engine", "name", values, str(exc))]) from None
     (common_values, own_values), extra = _split(values, EngineCommon, strategy.engine_keys if strategy else _Empty)
+    notes: list[str] = []
     if extra and not (strategy and strategy.pass_unknown_keys):
         allowed = list(spec_keys(EngineCommon)) + list(spec_keys(strategy.engine_keys if strategy else _Empty))
-        for k in extra:
-            errors.append(config._error(origin, "engine", k, values, config.unknown_key_message(k, allowed)))
+        errs, notes = unknown_keys(extra, allowed, "engine", values, origin, strict)
+        errors += errs
+        extra = {}
     common, errs = config.structure(EngineCommon, common_values, "engine", origin)
     errors += errs
     keys = None
@@ -209,22 +226,26 @@ def build_engine(values: dict, origin: Origin | None = None, plugins: Plugins | 
         if keys is not None:
             errors += [config._error(origin, "engine", k, values, m) for k, m in strategy.check_engine(keys, extra)]
     _raise(errors)
-    warnings = config.warnings_for(keys, own_values, "engine", origin)
+    warnings = notes + config.warnings_for(keys, own_values, "engine", origin)
     return EngineConfig(common, strategy, keys, extra, origin), warnings
 
 
 def build_task(values: dict, strategy: type[Strategy] | None, project: ProjectSpec | None,
-               origin: Origin | None = None, nproc: int | None = None) -> tuple[TaskConfig, list[str]]:
-    """Validate one [task] group for an engine of type `strategy` (None: engine unknown)."""
+               origin: Origin | None = None, nproc: int | None = None,
+               strict: bool = True) -> tuple[TaskConfig, list[str]]:
+    """Validate one [task] group for an engine of type `strategy` (None: engine unknown).
+    strict=False: a key the engine does not know is a warning, not an error."""
     origin = origin or Origin()
     errors: list[ConfigError] = []
     own_cls = strategy.task_keys if strategy else _Empty
     common_cls = task_common_spec(strategy)
     (common_values, own_values), extra = _split(values, common_cls, own_cls)
+    notes: list[str] = []
     if extra and not (strategy and strategy.pass_unknown_keys):
         allowed = list(spec_keys(common_cls)) + list(spec_keys(own_cls))
-        for k in extra:
-            errors.append(config._error(origin, "task", k, values, config.unknown_key_message(k, allowed)))
+        errs, notes = unknown_keys(extra, allowed, "task", values, origin, strict)
+        errors += errs
+        extra = {}
     common, errs = config.structure(common_cls, common_values, "task", origin)
     errors += errs
     if common is not None and common_cls is TaskCommon:
@@ -236,7 +257,7 @@ def build_task(values: dict, strategy: type[Strategy] | None, project: ProjectSp
         if keys is not None:
             errors += [config._error(origin, "task", k, values, m) for k, m in strategy.check_task(keys, extra, project)]
     _raise(errors)
-    warnings = config.warnings_for(keys, own_values, "task", origin) if keys is not None else []
+    warnings = notes + (config.warnings_for(keys, own_values, "task", origin) if keys is not None else [])
     max_threads, note = clamp_max_threads(common.max_threads, nproc or os.cpu_count() or 1)
     if note:
         where = f"{origin.path}:{origin.line_of('max_threads')}: " if origin.path else ""
@@ -245,25 +266,37 @@ def build_task(values: dict, strategy: type[Strategy] | None, project: ProjectSp
 
 
 def load_groups(groups: list[Group], path: str | None = None, plugins: Plugins | None = None,
-                find_project: ProjectLookup | None = None, find_engine: EngineLookup | None = None) -> ConfigFile:
+                find_project: ProjectLookup | None = None, find_engine: EngineLookup | None = None,
+                strict: bool = False) -> ConfigFile:
     """Validate every group of a file; all problems are raised together as ConfigErrors.
 
     A task's engine is looked up among the file's engines first, then through
     `find_engine(project, name)` (objects added before), then as an engine
-    type of the same name.
+    type of the same name. As upstream's etmemd, a key no engine knows and a key given
+    twice (the last value kept) are warnings; strict=True makes unknown keys errors (the
+    parser's strict makes repeats errors). A file with no group is an error.
     """
+    if not groups:
+        raise ConfigError(config.NO_GROUPS, path)
     plugins = plugins or default_plugins()
     errors: list[ConfigError] = []
-    warnings: list[str] = []
-    projects, engines, tasks = [], [], []
+    warnings: list[str] = [w for g in groups for w in g.repeat_warnings()]
+    projects, engines, tasks, project_origins = [], [], [], []
+    known_project_keys = spec_keys(ProjectSpec)
     for group in (g for g in groups if g.kind == "project"):
+        values = group.values
+        if not strict:
+            unknown = [k for k in values if k not in known_project_keys]
+            warnings += unknown_keys(unknown, known_project_keys, "project", values, group.origin, False)[1]
+            values = {k: v for k, v in values.items() if k not in unknown}
         try:
-            projects.append(build_project(group.values, group.origin, plugins))
+            projects.append(build_project(values, group.origin, plugins))
+            project_origins.append(group.origin)
         except ConfigErrors as exc:
             errors += exc.errors
     for group in (g for g in groups if g.kind == "engine"):
         try:
-            engine, notes = build_engine(group.values, group.origin, plugins)
+            engine, notes = build_engine(group.values, group.origin, plugins, strict)
             engines.append(engine)
             warnings += notes
         except ConfigErrors as exc:
@@ -285,26 +318,30 @@ def load_groups(groups: list[Group], path: str | None = None, plugins: Plugins |
             if strategy is not None and strategy.instance_key:
                 strategy = None  # 'thirdparty' is not an engine name a task can use
             if strategy is None:
-                errors.append(config._error(group.origin, "task", "engine", values,
-                                            f"no engine '{eng_name}' in project '{proj_name}' (neither in this file nor added before); "
-                                            f"installed engine types: {plugins.installed()}"))
+                error = config._error(group.origin, "task", "engine", values,
+                                      f"no engine '{eng_name}' in project '{proj_name}' (neither in this file nor added before); "
+                                      f"installed engine types: {plugins.installed()}")
+                error.cause = Cause.ENGINE_MISSING if project is not None else Cause.PROJECT_MISSING
+                errors.append(error)
                 continue
         try:
-            task, notes = build_task(values, strategy, project, group.origin)
+            task, notes = build_task(values, strategy, project, group.origin, strict=strict)
             tasks.append(task)
             warnings += notes
         except ConfigErrors as exc:
             errors += exc.errors
     errors.sort(key=lambda e: (e.line or 0))
     _raise(errors)
-    return ConfigFile(path, tuple(projects), tuple(engines), tuple(tasks), tuple(warnings))
+    return ConfigFile(path, tuple(projects), tuple(engines), tuple(tasks), tuple(warnings), tuple(project_origins))
 
 
-def load_config(path: str, plugins: Plugins | None = None, **lookups) -> ConfigFile:
-    """Read and validate a config file; raises ConfigError (ConfigErrors for several)."""
+def load_config(path: str, plugins: Plugins | None = None, strict: bool = False, **lookups) -> ConfigFile:
+    """Read and validate a config file; raises ConfigError (ConfigErrors for several).
+    strict=True: unknown and repeated keys are errors, not warnings."""
     text = config.read_config_file(path)
-    return load_groups(config.parse_keyfile(text, path), path, plugins, **lookups)
+    return load_groups(config.parse_keyfile(text, path, strict), path, plugins, strict=strict, **lookups)
 
 
-def load_text(text: str, path: str | None = None, plugins: Plugins | None = None, **lookups) -> ConfigFile:
-    return load_groups(config.parse_keyfile(text, path), path, plugins, **lookups)
+def load_text(text: str, path: str | None = None, plugins: Plugins | None = None, strict: bool = False,
+              **lookups) -> ConfigFile:
+    return load_groups(config.parse_keyfile(text, path, strict), path, plugins, strict=strict, **lookups)

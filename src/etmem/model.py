@@ -346,10 +346,10 @@ class Manager:
             new_engines: list[Engine] = []
             new_tasks: list[Task] = []
             try:
-                for spec in cfg.projects:
+                for spec, origin in zip(cfg.projects, cfg.project_origins):
                     if spec.name in self.projects or spec.name in new_projects:
-                        where = _where(None if cfg.path is None else config.Origin(cfg.path))
-                        raise ObjectError(f"{where}[project] project {spec.name} already exists", Cause.PROJECT_EXISTS)
+                        raise ObjectError(f"{_where(origin)}[project] project {spec.name} already exists",
+                                          Cause.PROJECT_EXISTS)
                     project = Project(spec=spec, plugins=self.plugins)
                     new_projects[spec.name] = project
                 engines_by_id: dict[tuple, Engine] = {}
@@ -414,7 +414,10 @@ class Manager:
         return self.delete_text(config.read_config_file(path), path)
 
     def delete_text(self, text: str, path: str | None = None) -> list[str]:
-        return self.delete_groups(config.parse_keyfile(text, path))
+        groups = config.parse_keyfile(text, path)
+        if not groups:
+            raise ConfigError(config.NO_GROUPS, path)
+        return self.delete_groups(groups)
 
     def delete_groups(self, groups: Iterable[config.Group]) -> list[str]:
         groups = list(groups)

@@ -1,7 +1,10 @@
 """`etmem config check FILE...` and `etmem config keys [ENGINE]`: offline config work.
 
 Upstream has no offline check; this one validates files exactly as `etmemd`
-would on `obj add`, without a daemon, and lists every key an engine accepts.
+would on `obj add`, without a daemon, and lists every key an engine accepts. As etmemd,
+it warns of unknown and repeated keys (`--strict` refuses them), and it warns of what it
+cannot know offline: a project the file's engines and tasks name but do not define must
+already exist in etmemd.
 """
 from __future__ import annotations
 
@@ -22,6 +25,9 @@ def set_argparser(parser: argparse.ArgumentParser) -> None:
                            description="Validate etmem config files as etmemd would on 'obj add'. "
                                        "Exit 0 when every file is valid, 1 otherwise.")
     check.add_argument("files", nargs="+", metavar="FILE")
+    check.add_argument("--strict", action="store_true",
+                       help="refuse keys an engine does not know and keys given twice in a group "
+                            "(etmemd, as upstream, warns and ignores them or keeps the last value)")
     check.add_argument("-o", "--output", choices=("text", "json"), default="text",
                        help="json: one JSON list on stdout, an object per file (ok, what it declares, "
                             "warnings, errors with file, line, group, key and value)")
@@ -32,20 +38,34 @@ def set_argparser(parser: argparse.ArgumentParser) -> None:
 
 def main(args: argparse.Namespace) -> int:
     if args.config_command == "check":
-        return check_json(args.files) if args.output == "json" else check(args.files)
+        return (check_json if args.output == "json" else check)(args.files, args.strict)
     return show_keys(args.engine)
 
 
-def check(paths: list[str]) -> int:
+def offline_warnings(cfg: loader.ConfigFile) -> list[str]:
+    """The file's warnings, and one per engine or task whose project the file does not
+    define: offline there is no telling whether etmemd has it."""
+    defined = {p.name for p in cfg.projects}
+    out = list(cfg.warnings)
+    for kind, objects in (("engine", cfg.engines), ("task", cfg.tasks)):
+        for obj in objects:
+            if obj.project not in defined:
+                where = f"{obj.origin.path}:{obj.origin.line}: " if obj.origin.path else ""
+                out.append(f"{where}[{kind}] project={obj.project} is not defined in this file: it must "
+                           f"already exist in etmemd when the file is added")
+    return out
+
+
+def check(paths: list[str], strict: bool = False) -> int:
     failed = 0
     for path in paths:
         try:
-            cfg = loader.load_config(path)
+            cfg = loader.load_config(path, strict=strict)
         except ConfigError as exc:
             failed += 1
             print(str(exc), file=sys.stderr)
             continue
-        for warning in cfg.warnings:
+        for warning in offline_warnings(cfg):
             print(f"warning: {warning}", file=sys.stderr)
         print(f"{path}: ok: {cfg.summary()}")
     return 1 if failed else 0
@@ -56,11 +76,11 @@ def _error(e: ConfigError) -> dict:
             "message": e.message, "text": ConfigError.__str__(e)}
 
 
-def check_json(paths: list[str]) -> int:
+def check_json(paths: list[str], strict: bool = False) -> int:
     results = []
     for path in paths:
         try:
-            cfg = loader.load_config(path)
+            cfg = loader.load_config(path, strict=strict)
         except ConfigError as exc:
             results.append({"file": path, "ok": False, "errors": [_error(e) for e in (exc.errors if isinstance(exc, ConfigErrors) else [exc])]})
             continue
@@ -68,7 +88,7 @@ def check_json(paths: list[str]) -> int:
                         "projects": [p.name for p in cfg.projects],
                         "engines": [{"project": e.project, "name": e.name} for e in cfg.engines],
                         "tasks": [{"project": t.project, "engine": t.engine, "name": t.name} for t in cfg.tasks],
-                        "warnings": [str(w) for w in cfg.warnings], "errors": []})
+                        "warnings": offline_warnings(cfg), "errors": []})
     print(json.dumps(results, indent=2))
     return 0 if all(r["ok"] for r in results) else 1
 
