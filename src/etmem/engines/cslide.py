@@ -7,6 +7,9 @@ node, let the placement policy (placement.py) choose moves per node pair within
 `node_mig_quota`, and move them with move_pages(2): demotions first, so promotions find
 the room the plan counted on. `showtaskpages` / `showhostpages` print the last round's
 pages per node. docs/cslide.md has the semantics and which memory counters are used when.
+A task with `dry_run=yes` takes part in the plan as it would in a real run (its pages
+count toward the quota and the nodes' room) but none of its pages are moved; its
+TargetResults say what would have moved where.
 """
 from __future__ import annotations
 
@@ -22,12 +25,13 @@ from .. import procfs
 from ..actions import move_pages, page_nodes
 from ..config import Int, NodePairs, VmFlag, YesNo, key
 from ..errors import ConfigError, EtmemError, ObjectError
+from ..history import summarize_scan
 from ..hookspecs import hookimpl
 from ..process import ProcessHandle
 from ..scan import CLAIMS, PAGE, Scanner
 from ..stats import CallCounters, RoundResult, TargetResult, errno_name
 from ..strategy import Strategy, held_targets
-from .keys import pmu_key
+from .keys import dry_run_key, pmu_key
 from .placement import (DEMOTE_FOR_HOT, DEMOTE_FOR_RESERVE, HUGETLB, NORMAL, PREFETCH_WARM, PROMOTE_HOT,
                         NodeMemory, plan_moves)
 
@@ -56,6 +60,7 @@ class CslideTaskKeys:
     vm_flags: str = key(VmFlag(), None, help="scan only VMAs whose smaps VmFlags include this flag (e.g. ht)")
     anon_only: bool = key(YesNo(), False, help="scan only anonymous memory")
     ign_host: bool = key(YesNo(), False, help="for VM memory: ignore the host page table (idle_pages only)")
+    dry_run: bool = dry_run_key()
 
 
 
@@ -222,10 +227,17 @@ class Cslide(Strategy):
         finally:
             CLAIMS.release(claim)
         t.source = t.result.source = refs.source
+        t.result.dry_run = keys.dry_run
         if refs.error:
             t.result.error = refs.error
         if refs.passes < (project.loop or 1):
             return      # an incomplete scan would call every page cold
+        t.result.scan = summarize_scan(refs)
+        try:
+            t.result.resident_bytes = procfs.status_kb(t.handle.pid, "VmRSS") << 10
+            t.result.swapped_bytes = procfs.status_kb(t.handle.pid, "VmSwap") << 10
+        except EtmemError:
+            pass    # gone since the scan: the node query says so
         t.addr, t.count, t.size, t.kind = _pages_of(refs)
 
     def _query_nodes(self, targets: list[_Target]) -> None:
@@ -275,6 +287,8 @@ class Cslide(Strategy):
         for phase in (DEMOTIONS, PROMOTIONS):   # demotions first: they make the room promotions use
             planned = np.isin(plan.reason, phase)
             for i, t in enumerate(scanned):
+                if t.task.keys.dry_run:
+                    continue
                 mine = planned & (owner == i)
                 for dest in np.unique(plan.target[mine]):
                     sel = np.flatnonzero(mine & (plan.target == dest))
@@ -307,6 +321,15 @@ class Cslide(Strategy):
         pages = size // PAGE
         promote = np.isin(plan.reason, PROMOTIONS)
         demote = np.isin(plan.reason, DEMOTIONS)
+        for i, t in enumerate(scanned):
+            mine = (owner == i) & (plan.target >= 0)
+            t.result.chosen = int(pages[mine].sum())
+            t.result.detail["planned"] = {
+                "promote_pages": int(pages[mine & promote].sum()), "demote_pages": int(pages[mine & demote].sum()),
+                "to_node": {str(d): int(pages[mine & (plan.target == d)].sum()) for d in np.unique(plan.target[mine]).tolist()}}
+            if t.task.keys.dry_run and t.result.chosen:
+                log.info("task %s: dry run: would move %d pages of process %d (%s)", t.task.name, t.result.chosen,
+                         t.handle.pid, ", ".join(f"{n} to node {d}" for d, n in t.result.detail["planned"]["to_node"].items()))
         pairs = []
         for p in plan.pairs:
             up = promote & (plan.target == p.fast) & done
@@ -326,6 +349,9 @@ class Cslide(Strategy):
                 quota_used[f"{p.fast},{p.slow}"] = {"promote_mb": round(int(size[up].sum()) / MiB, 3),
                                                     "demote_mb": round(int(size[down].sum()) / MiB, 3)}
             last = {
+                "dry_run": bool(task.keys.dry_run),
+                "planned_promote_pages": int(pages[mine & promote].sum()),
+                "planned_demote_pages": int(pages[mine & demote].sum()),
                 "scanned_pages": int(pages[mine].sum()),
                 "hot_pages": int(pages[mine & hot].sum()),
                 "cold_pages": int(pages[mine & ~hot].sum()),

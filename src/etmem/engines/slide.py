@@ -6,7 +6,8 @@ scans each of them `loop` times `sleep` s apart, takes the pages whose
 access count is below T, and swaps them out through the pidfd. Gates and
 limits: the project's `sysmem_threshold`, the task's `swap_threshold` and
 `dram_percent`, and our refault guard, which halves the next round's swap-out
-when the pages swapped last round come straight back.
+when the pages swapped last round come straight back. With `dry_run=yes` a task
+scans read-only and reports the pages it would swap out (`chosen`), swapping nothing.
 """
 from __future__ import annotations
 
@@ -20,12 +21,13 @@ from .. import procfs
 from ..actions import swap_out, set_swapcache_watermarks
 from ..config import Int, Size, key
 from ..errors import ProcessGone
+from ..history import summarize_scan
 from ..hookspecs import hookimpl
 from ..process import ProcessHandle
 from ..scan import PAGE, Scanner, present_pages
 from ..stats import RoundResult, TargetResult
 from ..strategy import Strategy, each_target
-from .keys import pmu_key
+from .keys import dry_run_key, pmu_key
 
 log = logging.getLogger("etmem.slide")
 
@@ -46,6 +48,7 @@ class SlideTaskKeys:
     vma_updata_rate: str = pmu_key()
     cpu_set_size: str = pmu_key()
     cooling_interval: str = pmu_key()
+    dry_run: bool = dry_run_key()
 
 
 @attrs.define
@@ -91,6 +94,10 @@ class Slide(Strategy):
             return [("engine", f"slide needs a project with scan_type=page (project {project.name} has {project.scan_type})")]
         if project.loop is not None and keys.T > project.loop * 3:
             return [("T", f"must be an integer from 0 to {project.loop * 3} (loop x 3, with loop={project.loop} in project {project.name})")]
+        if keys.dry_run and project.scanner == "refault":
+            return [("dry_run", f"a dry run cannot use scanner=refault (project {project.name}): the refault "
+                                "source pages samples out to swap itself, so the target would change; choose a "
+                                "source that only reads (auto passes refault over in a dry run)")]
         if keys.T == 0 and project.scanner == "refault":
             return [("T", f"must be at least 1 with scanner=refault (project {project.name}): the refault source pages "
                           "its samples out itself, so T=0 (swap nothing) would still swap them; use T=1")]
@@ -136,13 +143,14 @@ class Slide(Strategy):
         status = procfs.status(handle.pid)
         rss = _kb(status.get("VmRSS")) << 10
         swapped_bytes = _kb(status.get("VmSwap")) << 10
+        out.resident_bytes, out.swapped_bytes = rss, swapped_bytes
         if keys.swap_threshold is not None and rss <= keys.swap_threshold:
             out.skipped = f"process {handle.pid} has {rss >> 20} MiB resident, not above swap_threshold"
             return
 
         budget = self._refault_guard(task, handle, ident, out)
         scanner = Scanner(handle, source=project.scanner, anon_only=True, swap_flag=task.swap_flag, opener=self.opener,
-                          refault_budget=project.refault_budget, counters=task.stats.calls)
+                          refault_budget=project.refault_budget, counters=task.stats.calls, read_only=keys.dry_run)
         refs = scanner.scan(loop=project.loop, sleep=project.sleep, stop=stop)
         out.source = refs.source
         if refs.sampling is not None:
@@ -151,6 +159,7 @@ class Slide(Strategy):
             out.error = refs.error
         if refs.passes < project.loop or stop.is_set():
             return  # an incomplete round must not call everything cold
+        out.scan = summarize_scan(refs)
         out.scanned = refs.total_bytes() // PAGE
         out.cold = refs.total_bytes(refs.cold(keys.T)) // PAGE
         limit = None
@@ -161,6 +170,11 @@ class Slide(Strategy):
             limit = budget * PAGE if limit is None else min(limit, budget * PAGE)
         addr, size = choose_cold_pages(refs.addr, refs.size, refs.count, keys.T, limit)
         out.chosen = int(size.sum()) // PAGE
+        if keys.dry_run:
+            out.dry_run = True
+            log.info("task %s: dry run: would swap out %d pages (%d KiB) of process %d", task.name, out.chosen,
+                     out.chosen * PAGE >> 10, handle.pid)
+            return
         if not len(addr):
             state.swapped.pop(ident, None)
             return
@@ -169,6 +183,8 @@ class Slide(Strategy):
         if result.error:
             out.error = result.error
         state.swapped[ident] = (addr, size) if result.done else None
+        after = procfs.status(handle.pid)
+        out.resident_bytes, out.swapped_bytes = _kb(after.get("VmRSS")) << 10, _kb(after.get("VmSwap")) << 10
         if project.swapcache_high_wmark is not None:
             set_swapcache_watermarks(handle, project.swapcache_low_wmark, project.swapcache_high_wmark)
 
