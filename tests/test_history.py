@@ -6,6 +6,7 @@ import io
 import numpy as np
 import pytest
 
+import etmem
 from etmem.history import (HistoryFormatError, History, RoundRecord, TaskHistory, dump_jsonl, load_jsonl,
                            summarize_scan)
 from etmem.procfs import Vma
@@ -106,3 +107,25 @@ def test_a_bad_history_file_is_refused_naming_its_line(text, message):
     with pytest.raises(HistoryFormatError) as err:
         load_jsonl(text.splitlines(), "h.jsonl")
     assert str(err.value).startswith(message)
+
+
+def test_engine_history_answers_for_any_engine_and_a_stopped_project(target):
+    project = etmem.Project(name="p", loop=1, interval=1, sleep=1)
+    engine = project.add_engine("slide")
+    a = engine.add_task("a", "pid", target, T=1)
+    engine.add_task("b", "pid", target, T=1)
+    manager = etmem.Manager()
+    manager.add(project)
+    s = summarize_scan(refs_of([(0x10000000, 0x10000000 + MiB)], np.zeros(256, int)))
+    a.run_round(lambda view, stop: RoundResult([TargetResult(target, scanned=256, cold=256, scan=s)]))
+    a.run_round(lambda view, stop: RoundResult(skipped="nothing to do"))
+    (one,) = load_jsonl(manager.engine_command("p", "slide", "history", "a").splitlines())
+    assert (one.project, one.engine, one.task) == ("p", "slide", "a")
+    first, second = one.history.rounds()
+    assert first.targets[0].scan.by_count.tolist() == [MiB] and second.skipped == "nothing to do"
+    both = load_jsonl(manager.engine_command("p", "slide", "history").splitlines())
+    assert [s.task for s in both] == ["a", "b"] and len(both[1].history) == 0
+    with pytest.raises(etmem.ObjectError, match="has no task c"):
+        manager.engine_command("p", "slide", "history", "c")
+    with pytest.raises(etmem.ObjectError, match="engine commands need a started project"):
+        manager.engine_command("p", "slide", "showtaskpages", "a")

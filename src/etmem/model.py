@@ -4,7 +4,9 @@ This is the one object model behind every face of etmem: Python programs
 drive a `Manager` directly, the daemon is a thin socket shell around one, and
 the CLI talks to the daemon. A project holds engines, an engine holds tasks;
 started tasks run their engine's rounds on the round timer (rounds.py). Engines
-see only the views of the plugin API (strategy.py), never these objects.
+see only the views of the plugin API (strategy.py), never these objects. A few engine
+commands belong to every engine and are answered here before the engine sees them
+(`GENERIC_COMMANDS`: `history`, each task's recent rounds as JSON lines).
 """
 from __future__ import annotations
 
@@ -12,7 +14,7 @@ import logging
 import threading
 from typing import Any, Callable, Iterable
 
-from . import config, loader
+from . import config, history, loader
 from .config import ProjectSpec
 from .errors import Cause, ConfigError, EtmemError, ObjectError, cause_of
 from .loader import ConfigFile, EngineConfig, TaskConfig
@@ -22,6 +24,10 @@ from .stats import TaskStats
 from .strategy import EngineView, TaskView
 
 log = logging.getLogger("etmem")
+
+#: `etmem engine CMD` commands every engine answers, read from what the rounds kept: they
+#: work on a stopped project too.
+GENERIC_COMMANDS = ("history",)
 
 
 def _where(origin: config.Origin | None) -> str:
@@ -205,7 +211,14 @@ class Engine:
                               f"(it has: {', '.join(self.tasks) or 'none'})", Cause.TASK_MISSING) from None
 
     def command(self, cmd: str, task: str | None = None) -> str:
+        if cmd == "history":
+            return history.dumps_jsonl(self.histories(task))
         return self.strategy.command(cmd, self.task(task).view if task else None)
+
+    def histories(self, task: str | None = None) -> list[history.TaskHistory]:
+        """The kept rounds of one task, or of every task of the engine (etmem.history)."""
+        tasks = [self.task(task)] if task else list(self.tasks.values())
+        return [history.TaskHistory(self.project.name, self.name, t.name, t.stats.history) for t in tasks]
 
     def timer_for(self, task: "Task") -> RoundTimer:
         """The round timer a task's rounds run on: the engine's own, or the task's."""
@@ -474,7 +487,7 @@ class Manager:
 
     def engine_command(self, project: str, engine: str, cmd: str, task: str | None = None) -> str:
         proj = self.project(project)
-        if not proj.started:
+        if not proj.started and cmd not in GENERIC_COMMANDS:
             raise ObjectError(f"project {project} is not started: engine commands need a started project "
                               f"(etmem project start -n {project})", Cause.INVALID)
         return proj.engine(engine).command(cmd, task)
