@@ -15,6 +15,7 @@ import difflib
 import math
 import os
 import re
+import stat
 from typing import Any, Callable, Iterable
 
 import attrs
@@ -525,25 +526,94 @@ def _clip(text: str, width: int = 40) -> str:
     return text if len(text) <= width else text[: width - 3] + "..."
 
 
-def read_config_file(path: str) -> str:
-    """The text of a config file, with clear errors for unreadable or oversized files."""
+#: Trees no config file is read from: kernel and device files, which may block, never end or
+#: hold secrets that an error message would echo.
+KERNEL_TREES = ("/proc", "/sys", "/dev")
+
+_FILE_TYPES = ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a character device"),
+               (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"))
+
+
+def _not_regular(st: os.stat_result) -> str | None:
+    if stat.S_ISREG(st.st_mode):
+        return None
+    kind = next((name for test, name in _FILE_TYPES if test(st.st_mode)), "not a file")
+    return f"is {kind}, not a regular file: a config file must be a regular file"
+
+
+def _kernel_tree(real: str, st: os.stat_result) -> str | None:
+    """The kernel tree `real` is in, by path or by file system (a bind mount of /proc elsewhere)."""
+    for tree in KERNEL_TREES:
+        if real == tree or real.startswith(tree + "/"):
+            return tree
+        try:   # only a tree that is its own mount has a file system to recognise it by
+            if os.path.ismount(tree) and os.stat(tree).st_dev == st.st_dev:
+                return tree
+        except OSError:
+            continue
+    return None
+
+
+def read_config_file(path: str, check: Callable[[str, os.stat_result], None] | None = None) -> str:
+    """The text of config file `path`, read with the limits etmemd and `etmem config check` share.
+
+    Symlinks are resolved first (as upstream's realpath), then the file is opened without
+    following one and without blocking (O_NOFOLLOW, O_NONBLOCK: a FIFO or device cannot hang
+    the reader). It must be a regular file outside /proc, /sys and /dev, of at most
+    MAX_FILE_BYTES; `check(real_path, stat)` may refuse it further (etmemd's owner and mode
+    rules) by raising, before a byte is read. Every refusal is a ConfigError naming `path`.
+    """
+    real = os.path.realpath(path)
     try:
-        size = os.path.getsize(path)
-        if size > MAX_FILE_BYTES:
-            raise ConfigError(f"file is {size} bytes; config files may be at most {MAX_FILE_BYTES} bytes", path)
-        with open(path, "rb") as f:
-            data = f.read()
-    except ConfigError:
-        raise
-    except IsADirectoryError:
-        raise ConfigError("is a directory, not a config file", path) from None
+        st = os.stat(real)
     except FileNotFoundError:
         raise ConfigError("no such file", path) from None
     except PermissionError:
         raise ConfigError("permission denied", path) from None
     except OSError as exc:
         raise ConfigError(f"cannot read: {exc.strerror}", path) from None
+    tree = _kernel_tree(real, st)
+    if tree:
+        raise ConfigError(f"is under {tree}: config files are never read from /proc, /sys or /dev "
+                          f"(kernel and device files, not configuration)", path)
+    problem = _not_regular(st)
+    if problem:
+        raise ConfigError(problem, path)
+    try:
+        fd = os.open(real, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
+    except PermissionError:
+        raise ConfigError("permission denied", path) from None
+    except OSError as exc:
+        raise ConfigError(f"cannot read: {exc.strerror}", path) from None
+    try:
+        opened = os.fstat(fd)   # the file read; the checks above were made on the path
+        if (opened.st_dev, opened.st_ino) != (st.st_dev, st.st_ino):
+            raise ConfigError("was replaced while being opened; try again", path)
+        if opened.st_size > MAX_FILE_BYTES:
+            raise ConfigError(f"is {opened.st_size} bytes; a config file may be at most {MAX_FILE_BYTES} bytes (10 MiB)",
+                              path)
+        if check is not None:
+            check(real, opened)
+        data = _read_at_most(fd, MAX_FILE_BYTES + 1)
+    except OSError as exc:
+        raise ConfigError(f"cannot read: {exc.strerror}", path) from None
+    finally:
+        os.close(fd)
+    if len(data) > MAX_FILE_BYTES:
+        raise ConfigError(f"grew past {MAX_FILE_BYTES} bytes while being read; "
+                          f"a config file may be at most {MAX_FILE_BYTES} bytes (10 MiB)", path)
     return decode_config(data, path)
+
+
+def _read_at_most(fd: int, limit: int) -> bytes:
+    chunks, size = [], 0
+    while size < limit:
+        chunk = os.read(fd, min(1 << 20, limit - size))
+        if not chunk:
+            break
+        chunks.append(chunk)
+        size += len(chunk)
+    return b"".join(chunks)
 
 
 def decode_config(data: bytes, path: str | None = None) -> str:
