@@ -63,7 +63,8 @@ class ScanSummary:
         return int(self.by_count.sum())
 
     def as_json(self) -> dict:
-        regions = np.stack([self.starts, self.ends, self.resident, self.accessed, self.accesses], axis=1)
+        columns = (self.starts, self.ends, self.resident, self.accessed, self.accesses)
+        regions = np.stack([np.asarray(c, dtype=np.int64) for c in columns], axis=1)
         return {"passes": self.passes, "per_vma": self.per_vma, "by_count": self.by_count.tolist(),
                 "regions": regions.tolist()}
 

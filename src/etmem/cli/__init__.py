@@ -34,6 +34,7 @@ Commands:
     kernel [-o json]                   what the running kernel offers etmem, and what is missing
     systemd-unit [-s SOCK] ...         print a systemd unit that runs this installation's etmemd
     demo ...                           run a demonstration of memory tiering (etmem demo --help)
+    report wss|heatmap|age|rounds ...  what a task's scans saw: working set, heat, ages (etmem report --help)
     help                               show this message
 
 Run 'etmem OBJECT help' for the options of obj, project and engine.
@@ -41,7 +42,7 @@ Run 'etmem OBJECT help' for the options of obj, project and engine.
 
 #: Our own subcommands: name -> module under etmem.cli.
 EXTRA_COMMANDS = {"config": "config_cmd", "plugins": "plugins_cmd", "kernel": "kernel_cmd",
-                  "systemd-unit": "systemd_cmd", "demo": "demo"}
+                  "systemd-unit": "systemd_cmd", "demo": "demo", "report": "report_cmd"}
 CLIENT_GROUPS = ("obj", "project", "engine")
 USAGE_STATUS = 234   # upstream: -EINVAL
 
