@@ -242,3 +242,81 @@ def test_python_built_project_is_managed_like_a_file(manager):
     manager.stop("py")
     with pytest.raises(ObjectError, match="already exists"):
         manager.add(project)
+
+
+class SelfScheduled(Strategy):
+    """An engine that runs its own rounds on a round timer, as damon does."""
+
+    name = "self_scheduled"
+    schedule = "self"
+
+    def __init__(self, engine):
+        super().__init__(engine)
+        from etmem.rounds import RoundTimer
+        self.timer = RoundTimer("self", 0.05, lambda tasks, stop: {}, engine.round_finished)
+
+    def start_task(self, task):
+        self.timer.add(task)
+
+    def stop_task(self, task):
+        self.timer.remove(task)
+
+
+class Observer:
+    seen: list = []
+
+    @hookimpl
+    def etmem_engine_types(self):
+        return [SelfScheduled]
+
+    @hookimpl
+    def etmem_round_finished(self, task, stats):
+        Observer.seen.append((task.name, stats.rounds))
+
+
+def test_round_finished_fires_for_an_engine_that_schedules_itself():
+    Observer.seen = []
+    m = Manager(Plugins(entry_points=False, extra=(Observer(),)))
+    try:
+        project = etmem.Project(name="s", loop=1, interval=1, sleep=1, plugins=m.plugins)
+        project.add_engine("self_scheduled").add_task("t", "pid", os.getpid())
+        m.add(project)
+        m.start("s")
+        deadline = time.monotonic() + 10
+        while len(Observer.seen) < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        m.stop("s")
+    finally:
+        m.close()
+    assert Observer.seen[:2] == [("t", 1), ("t", 2)]
+
+
+@attrs.frozen
+class NamedKeys:
+    eng_name: str = key(etmem.config.Name())
+
+
+class Named(Strategy):
+    """Instances named by a key, as thirdparty's and damon's eng_name."""
+
+    name = "named"
+    engine_keys = NamedKeys
+    instance_key = "eng_name"
+
+    def run_round(self, task, stop):
+        return None
+
+
+class NamedPlugin:
+    @hookimpl
+    def etmem_engine_types(self):
+        return [Named]
+
+
+def test_obj_del_finds_an_engine_by_its_instance_key():
+    m = Manager(Plugins(entry_points=False, extra=(NamedPlugin(),)))
+    text = "[project]\nname=p\nloop=1\ninterval=1\nsleep=1\n\n[engine]\nname=named\nproject=p\neng_name=first\n"
+    m.add_text(text, "named.conf")
+    assert list(m.project("p").engines) == ["first"]
+    assert m.delete_text(text, "named.conf") == ["engine first", "project p"]
+    assert not m.projects

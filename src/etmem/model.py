@@ -149,7 +149,7 @@ class Engine:
         self.extra = config.extra
         self.tasks: dict[str, Task] = {}
         self.view = EngineView(self.name, self.kind, config.keys, config.extra, project.spec,
-                               config.origin, shared=project.shared)
+                               config.origin, shared=project.shared, round_finished=self._finished)
         self.strategy = config.strategy(self.view)
         self.schedule = self.strategy.schedule
         self._timer: RoundTimer | None = None   # schedule "engine": one timer for every task
@@ -444,8 +444,10 @@ class Manager:
                         deleted.append(f"task {v['name']}")
                     elif kind == "engine":
                         name = _need(group, "name")
-                        if name == "thirdparty" and "eng_name" in v:
-                            name = v["eng_name"]
+                        kind_of = self.plugins.engine_type(name)
+                        instance_key = kind_of.instance_key if kind_of is not None else None
+                        if instance_key and v.get(instance_key):   # thirdparty's (or damon's) eng_name
+                            name = v[instance_key]
                         self.delete_engine(_need(group, "project"), name)
                         deleted.append(f"engine {name}")
                     else:

@@ -63,7 +63,7 @@ class EngineView:
     """What an engine sees of itself: its keys, its project's spec, its tasks.
 
     `shared` is one dict per project, the same object for every engine of the
-    project (the legacy shim keeps upstream's `struct project` there).
+    project (the legacy shim keeps upstream's `struct project` there, damon its kdamond).
     """
 
     name: str
@@ -74,6 +74,9 @@ class EngineView:
     origin: "Origin | None" = None
     tasks: list = attrs.field(factory=list)      # TaskView, in the order they were added
     shared: dict = attrs.field(factory=dict)
+    # after each round of a task: fires the etmem_round_finished hook. Engines that run their
+    # own rounds (schedule "self", e.g. on an etmem.rounds.RoundTimer) hand it to their timer.
+    round_finished: Callable[[TaskView, TaskStats], None] = lambda task, stats: None
 
 
 class Strategy:

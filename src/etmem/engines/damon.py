@@ -194,7 +194,7 @@ class ProjectKdamond:
     every started task of every damon engine of the project, every round_period().
     """
 
-    def __init__(self, project):
+    def __init__(self, project, round_finished=lambda task, stats: None):
         self.project = project
         self.engines: list[Damon] = []
         self.kd: Kdamond | None = None
@@ -202,14 +202,13 @@ class ProjectKdamond:
         self.started: list = []         # TaskViews, in the order they started
         self.nr_regions: int | None = None
         self.lock = threading.RLock()   # the engines, the tasks and the kdamond
-        self.timer = RoundTimer(f"{project.name}-damon", round_period(project), self.run_round,
-                                lambda task, stats: None)
+        self.timer = RoundTimer(f"{project.name}-damon", round_period(project), self.run_round, round_finished)
 
     @classmethod
     def of(cls, engine) -> "ProjectKdamond":
         shared = engine.shared.get("damon")
         if shared is None:
-            shared = engine.shared["damon"] = cls(engine.project)
+            shared = engine.shared["damon"] = cls(engine.project, engine.round_finished)
         return shared
 
     def spec(self, targets: tuple = ()) -> KdamondSpec:
