@@ -25,7 +25,7 @@ class Source:
 
     A subclass sets `name` (what `scanner=` and `Scanner(source=...)` select), `rank`
     (auto's preference: the usable source of lowest rank wins; the built-ins have
-    idle_pages 10, page_idle 20, damon 30, smaps 50), `per_vma` (True when every page
+    idle_pages 10, page_idle 20, damon 30, refault 40, smaps 50), `per_vma` (True when every page
     of a VMA gets its VMA's verdict) and `pages_out` (True when scanning pages memory out,
     as refault's sampling does: engines that must not swap, such as cslide, ask for a
     read-only scan and auto then passes such sources over), and implements `probe()` and
