@@ -34,6 +34,29 @@ def test_demo_with_a_fixed_number_of_rounds_on_the_split_layout(need_root):
     assert "every byte checked, all intact" in out.stdout
 
 
+def test_demo_dry_run_says_what_it_would_swap_and_swaps_nothing(need_root):
+    blocks = sorted(os.listdir("/sys/block"))
+    out = subprocess.run(["etmem", "demo", "--dry-run", "--total", "64M", "--hot", "16M", "--layout", "split"],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stdout + out.stderr
+    text = out.stdout
+    assert "dry run: nothing is swapped out, so no swap device is made" in text
+    assert sorted(os.listdir("/sys/block")) == blocks
+    would = [int(n) for n in re.findall(r"^  round \d+/\?: .*would swap out (\d+) MiB; .*, swap 0 MiB,", text, re.M)]
+    assert len(would) >= 3 and 47 <= would[-1] <= 50, text     # the 48 MiB cold mapping
+    assert re.search(r"^  steady: rounds \d+ and \d+ would swap out the same", text, re.M), text
+    assert re.search(r"^swapped out\s+0 MiB\s+0 MiB$", text, re.M), text
+    assert "the workload's cold set is 48 MiB; swapped out: 0 MiB before, 0 MiB after" in text
+    assert "every byte checked, all intact" in text
+
+
+def test_demo_dry_run_with_the_refault_source_is_refused_clearly(need_root):
+    out = subprocess.run(["etmem", "demo", "--dry-run", "--scanner", "refault", "--total", "32M", "--hot", "8M"],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 1 and "a dry run cannot use scanner=refault" in out.stderr, out.stdout + out.stderr
+    assert "Traceback" not in out.stderr
+
+
 def test_demo_without_root_says_what_is_missing(need_root, tmp_path):
     # Import first: the interpreter's files may not be readable by nobody.
     code = ("import os, sys, etmem.cli, etmem.cli.demo; os.setgid(65534); os.setuid(65534); "
@@ -45,7 +68,8 @@ def test_demo_without_root_says_what_is_missing(need_root, tmp_path):
 
 def test_demo_help_lists_its_knobs():
     out = subprocess.run(["etmem", "demo", "--help"], capture_output=True, text=True, check=True).stdout
-    for knob in ("--total-mb", "--hot-mb", "--layout", "--rounds", "--seconds", "--refault-budget", "--scanner", "--zram-mb"):
+    for knob in ("--total-mb", "--hot-mb", "--layout", "--rounds", "--seconds", "--refault-budget", "--scanner", "--zram-mb",
+                 "--dry-run"):
         assert knob in out
 
 

@@ -5,7 +5,8 @@ real heap (or, with --layout split, kept in a mapping of their own), makes a zra
 device of its own when no swap is active (removed at the end), runs a slide project on
 the workload through the same Manager the daemon uses, shows one progress line per
 round, and ends with a before/after table judged against the workload's own knowledge
-of which pages are hot, and a check of every byte of the workload's data.
+of which pages are hot, and a check of every byte of the workload's data. With --dry-run
+the task only observes: each round says what slide would swap out, and nothing is swapped.
 """
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ import time
 from .. import kernel, procfs, units, zram
 from ..errors import EtmemError
 from ..model import Manager, Project
-from ..scan import SOURCES, available_sources, best_source
+from ..scan import SOURCES, available_sources, best_source, choose_source
 from ..stats import TargetResult
 from ..workload import LAYOUTS, Workload
 
@@ -56,15 +57,20 @@ def set_argparser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-T", type=int, default=1, dest="T", help="pages used fewer than T times a round are cold (default 1)")
     parser.add_argument("--zram", "--zram-mb", dest="zram_mb", type=mib, default=None, metavar="SIZE",
                         help="size of the zram device made when no swap is active (default: workload size)")
+    parser.add_argument("--dry-run", action="store_true",
+                        help="observe only (the task's dry_run=yes): each round says what slide would swap out, "
+                             "nothing is swapped and no swap device is needed")
 
 
-def missing_requirements() -> str | None:
-    """Why the demo cannot run here, in one sentence; None when it can."""
+def missing_requirements(dry_run: bool = False) -> str | None:
+    """Why the demo cannot run here, in one sentence; None when it can (a dry run needs no swap)."""
     if os.geteuid() != 0:
         # By its path: sudo's secure_path holds no venv's (or pyenv's) etmem.
         command = shlex.quote(os.path.abspath(sys.argv[0])) if os.path.basename(sys.argv[0]) == "etmem" else "etmem"
         return ("etmem demo needs root: it swaps another process's memory out (process_madvise) and may create "
                 f"a zram device. Run: sudo {command} demo")
+    if dry_run:
+        return None
     if not kernel.has_process_madvise() and not kernel.has_swap_pages():
         return kernel.missing("process_madvise")
     if not kernel.swap_active():
@@ -126,7 +132,7 @@ def _mib(n: float) -> str:
 
 
 def main(args: argparse.Namespace) -> int:
-    problem = missing_requirements()
+    problem = missing_requirements(args.dry_run)
     if problem:
         print(f"etmem demo: {problem}", file=sys.stderr)
         return 2
@@ -146,7 +152,9 @@ def main(args: argparse.Namespace) -> int:
     try:
         project = Project(name="demo", loop=args.loop, interval=args.interval, sleep=args.sleep, scanner=args.scanner,
                           refault_budget=args.refault_budget)
-        if not kernel.swap_active():
+        if args.dry_run:
+            print("dry run: nothing is swapped out, so no swap device is made")
+        elif not kernel.swap_active():
             device = zram.ZramSwap((args.zram_mb or args.total_mb) * MiB).create()
             print(f"swap: made {device.device} ({_mib(device.size_bytes)}, compressed in RAM); it is removed at the end")
         else:
@@ -158,9 +166,14 @@ def main(args: argparse.Namespace) -> int:
               f"{where}), {args.total_mb - args.hot_mb} MiB cold")
         before = _Snapshot(workload, 2.0)
 
-        task = project.add_engine("slide").add_task("workload", "pid", workload.pid, T=args.T)
+        task = project.add_engine("slide").add_task("workload", "pid", workload.pid, T=args.T, dry_run=args.dry_run)
         manager.add(project)
-        source = args.scanner if args.scanner != "auto" else _auto(available_sources(refresh=True))
+        if args.scanner != "auto":
+            source = args.scanner
+        elif args.dry_run:   # a dry run scans with a source that only reads
+            source = _described(choose_source("auto", read_only=True))
+        else:
+            source = _auto(available_sources(refresh=True))
         budget = f", refault budget {args.refault_budget:g}%/min of resident memory" if source.startswith("refault") else ""
         print(f"slide: loop={args.loop} sleep={args.sleep}s interval={args.interval}s T={args.T}, "
               f"scanner {args.scanner}{' -> ' + source if args.scanner == 'auto' else ''}{budget}")
@@ -169,6 +182,8 @@ def main(args: argparse.Namespace) -> int:
         during = _Snapshot(workload, 2.0)       # managed: the project still runs
         manager.stop("demo")
         _table(before, during)
+        if args.dry_run:
+            _dry_run_summary(task, workload, before, during)
         ok = workload.verify()
         print(f"workload data: {'every byte checked, all intact' if ok else 'CORRUPTED'}")
         if task.stats.last_error:
@@ -189,7 +204,10 @@ def main(args: argparse.Namespace) -> int:
 
 
 def _auto(sources: dict) -> str:
-    name = best_source(sources) or "none"
+    return _described(best_source(sources) or "none")
+
+
+def _described(name: str) -> str:
     if name == "smaps":   # the coarse fallback: say where the per-page sources went
         name += " (per VMA; `etmem kernel` shows what the per-page sources need)"
     elif name == "refault":
@@ -203,6 +221,7 @@ def _follow(task, workload: Workload, rounds: int, seconds: int) -> None:
     seen = 0
     began = time.monotonic()
     settled_pages = max(1, int(SETTLED_SHARE * workload.total_mb * MiB) // PAGE)
+    would = None    # a dry run: pages the previous round would have swapped out
     total = str(rounds) if rounds else "?"
     while True:
         if task.stats.rounds == seen:
@@ -219,7 +238,10 @@ def _follow(task, workload: Workload, rounds: int, seconds: int) -> None:
         placement = workload.placement()
         last = task.stats.last_round[0] if task.stats.last_round else TargetResult()
         sampling = last.detail.get("sampling")
-        if sampling:
+        if last.dry_run:
+            what = (f"scanned {_mib(last.scanned * PAGE)}, cold {_mib(last.cold * PAGE)}, "
+                    f"would swap out {_mib(last.chosen * PAGE)}")
+        elif sampling:
             what = (f"sampled {_mib(sampling['sampled'] * PAGE)}, {_mib(sampling['came_back'] * PAGE)} came back, "
                     f"swapped out {_mib(last.swapped * PAGE)}")
         else:
@@ -232,6 +254,12 @@ def _follow(task, workload: Workload, rounds: int, seconds: int) -> None:
             print()
         if rounds and seen >= rounds:
             return
+        if last.dry_run:   # nothing changes: done once two rounds in a row would swap the same
+            if not rounds and seen >= 2 and last.chosen == would:
+                print(f"  steady: rounds {seen - 1} and {seen} would swap out the same {_mib(last.chosen * PAGE)}")
+                return
+            would = last.chosen
+            continue
         # settled: little went out, and (refault) not for want of budget but of pages left to sample
         exhausted = sampling is None or sampling["sampled"] < sampling["sample_size"]
         if not rounds and seen >= 2 and last.swapped < settled_pages and exhausted:
@@ -240,6 +268,14 @@ def _follow(task, workload: Workload, rounds: int, seconds: int) -> None:
         if not rounds and time.monotonic() - began > seconds:
             print(f"  stopped after {seconds} s (--seconds)")
             return
+
+
+def _dry_run_summary(task, workload: Workload, before: _Snapshot, after: _Snapshot) -> None:
+    """What the dry run would have done, against the workload's own knowledge of its cold set."""
+    last = task.stats.last_round[0] if task.stats.last_round else TargetResult()
+    cold = (workload.total_mb - workload.hot_mb) * MiB
+    print(f"dry run: slide would swap out {_mib(last.chosen * PAGE)} in its last round; the workload's cold set is "
+          f"{_mib(cold)}; swapped out: {_mib(before.swap)} before, {_mib(after.swap)} after (a dry run swaps nothing)")
 
 
 def _percent(value) -> str:
