@@ -3,6 +3,7 @@ accessed, dirty or idle, read as a run-length stream that test-and-clears the ac
 from __future__ import annotations
 
 import fcntl
+import struct
 import logging
 
 from ... import _scan
@@ -28,7 +29,8 @@ class IdlePagesSource(Source):
             if hasattr(f, "ioctl"):
                 f.ioctl(request, arg)
             else:
-                fcntl.ioctl(f.fileno(), request, arg)
+                # _IOW(..., unsigned int): the kernel reads the flags through a pointer
+                fcntl.ioctl(f.fileno(), request, struct.pack("I", arg))
         except OSError as exc:
             # Older etmem_scan modules lack the IDLE_SCAN ioctls: scan without the flag.
             log.warning("idle_pages of pid %d: scan flag 0x%x not set (%s); scanning without it",
