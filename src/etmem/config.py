@@ -16,6 +16,7 @@ import math
 import os
 import re
 import stat
+import unicodedata
 from typing import Any, Callable, Iterable
 
 import attrs
@@ -62,12 +63,16 @@ class Int(KeyType):
             value = raw
         else:
             text = str(raw).strip()
-            if not re.fullmatch(r"[+-]?\d+", text):
+            if not re.fullmatch(r"[+-]?[0-9]+", text):
                 raise ValueError(f"must be {self.allowed}")
             value = int(text)
         if (self.lo is not None and value < self.lo) or (self.hi is not None and value > self.hi):
             raise ValueError(f"must be {self.allowed}")
         return value
+
+
+#: A decimal number in ASCII digits, as upstream's strtod reads one in the C locale.
+_DECIMAL = r"[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?"
 
 
 class Float(KeyType):
@@ -80,10 +85,12 @@ class Float(KeyType):
     def __call__(self, raw: Any) -> float:
         if isinstance(raw, bool):
             raise ValueError(f"must be {self.allowed}")
-        try:
-            value = float(raw) if isinstance(raw, (int, float)) else float(str(raw).strip())
-        except ValueError:
-            raise ValueError(f"must be {self.allowed}") from None
+        if isinstance(raw, (int, float)):
+            value = float(raw)
+        elif re.fullmatch(_DECIMAL, str(raw).strip()):
+            value = float(str(raw).strip())
+        else:   # float() would take digits of any script, and nan or inf
+            raise ValueError(f"must be {self.allowed}")
         if not math.isfinite(value) or value <= self.above:
             raise ValueError(f"must be {self.allowed}")
         return value
@@ -133,15 +140,20 @@ class SourceName(KeyType):
 
 
 class Name(KeyType):
-    """An object name: 1..64 characters, no whitespace, not starting with '-'."""
+    """An object name: 1..64 printable characters, no whitespace, not starting with '-'.
+
+    Names are typed on command lines and printed on terminals: a control or format
+    character (an escape sequence, a right-to-left mark) would make a name that shows as
+    another, or that no one can type to start or stop its project.
+    """
 
     def __init__(self, max_len: int = MAX_NAME):
         self.max_len = max_len
-        self.allowed = f"a name of 1 to {max_len} characters without spaces, not starting with '-'"
+        self.allowed = f"a name of 1 to {max_len} characters without spaces or control characters, not starting with '-'"
 
     def __call__(self, raw: Any) -> str:
         text = str(raw).strip()
-        if not text or len(text) > self.max_len or any(c.isspace() for c in text) or text.startswith("-"):
+        if not text or len(text) > self.max_len or not text.isprintable() or " " in text or text.startswith("-"):
             raise ValueError(f"must be {self.allowed}")
         return text
 
@@ -176,7 +188,7 @@ class Percent(KeyType):
             value = float(raw)
         else:
             text = str(raw).strip().removesuffix("%").strip()
-            if not re.fullmatch(r"[+-]?(\d+\.?\d*|\.\d+)", text):
+            if not re.fullmatch(r"[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)", text):
                 raise ValueError(f"must be {self.allowed}")
             value = float(text)
         if not self.lo <= value <= self.hi:   # also refuses nan
@@ -203,7 +215,7 @@ class NodePairs(KeyType):
             pairs = [tuple(int(n) for n in p) for p in raw]
         else:
             text = str(raw).strip().rstrip(";")
-            if not re.fullmatch(r"\s*\d+\s*,\s*\d+\s*(;\s*\d+\s*,\s*\d+\s*)*", text):
+            if not re.fullmatch(r"\s*\d+\s*,\s*\d+\s*(;\s*\d+\s*,\s*\d+\s*)*", text, re.ASCII):
                 raise ValueError(f"must be {self.allowed}")
             pairs = [tuple(int(n) for n in p.split(",")) for p in text.split(";")]
         nodes = [n for p in pairs for n in p]
@@ -285,7 +297,8 @@ class Origin:
 def _error(origin: Origin, group: str, key_name: str | None, values: dict, message: str) -> ConfigError:
     value = values.get(key_name) if key_name else None
     return ConfigError(message, path=origin.path, line=origin.line_of(key_name), group=group,
-                       key=key_name, value=None if value is None else str(value))
+                       key=key_name if key_name is None else printable(key_name),
+                       value=None if value is None else printable(str(value)))
 
 
 def structure(cls: type, values: dict, group: str, origin: Origin | None = None,
@@ -315,10 +328,19 @@ def structure(cls: type, values: dict, group: str, origin: Origin | None = None,
             if isinstance(sub, KeyError):
                 errors.append(_error(origin, group, note.name, values, f"missing; this key is required: {describe(attr)}"))
             else:
-                errors.append(_error(origin, group, note.name, values, str(sub)))
+                errors.append(_error(origin, group, note.name, values, str(sub) + _digits_note(values.get(note.name))))
         for sub in without:
             errors.append(_error(origin, group, None, values, str(sub)))
     return None, errors
+
+
+def _digits_note(value: Any) -> str:
+    """A hint for a number written in another script's digits (٣, ３), which look like numbers."""
+    text = str(value)
+    odd = [c for c in text if c.isdigit() and not c.isascii()]
+    if not odd:
+        return ""
+    return f", written with the digits 0-9 (this value has U+{ord(odd[0]):04X} {unicodedata.name(odd[0], 'a digit')})"
 
 
 def unknown_key_message(name: str, allowed: Iterable[str]) -> str:
@@ -415,7 +437,7 @@ class TaskCommon:
 
 def check_task_common(spec: TaskCommon) -> list[tuple[str, str]]:
     if spec.type == "pid":
-        if not re.fullmatch(r"\d+", spec.value) or int(spec.value) < 1 or int(spec.value) > (1 << 22):
+        if not re.fullmatch(r"[0-9]+", spec.value) or int(spec.value) < 1 or int(spec.value) > (1 << 22):
             return [("value", "must be a process id (a positive integer) when type=pid")]
     elif len(spec.value) > MAX_COMM or any(c in spec.value for c in "/\n"):
         return [("value", f"must be a process name of 1 to {MAX_COMM} characters as in /proc/PID/comm when type=name")]
@@ -479,7 +501,16 @@ def parse_keyfile(text: str, path: str | None = None, strict: bool = False) -> l
         if current is not None:
             groups.append(Group(current[0], current[1], tuple(items), path, tuple(repeats)))
 
-    for number, raw in enumerate(text.splitlines(), start=1):
+    # Only a newline ends a line, as in GKeyFile and every editor: str.splitlines() also breaks
+    # at \v, \f, \x1c-\x1e, U+0085, U+2028 and U+2029, numbering lines past the file's end.
+    for number, raw in enumerate(text.removeprefix("\ufeff").split("\n"), start=1):
+        raw = raw.removesuffix("\r")
+        bad = _NOT_TEXT.search(raw)
+        if bad:
+            errors.append(ConfigError(f"column {bad.start() + 1} holds {printable(bad.group())}, a control character or "
+                                      "line separator: a config line is plain text, and only a newline ends it",
+                                      path, number))
+            continue
         line = raw.strip()
         if not line or line[0] in "#;":
             continue
@@ -493,7 +524,8 @@ def parse_keyfile(text: str, path: str | None = None, strict: bool = False) -> l
                 current, items, seen, repeats = None, [], {}, []
                 close_match = difflib.get_close_matches(kind, GROUPS, n=1)
                 hint = f"; did you mean [{close_match[0]}]?" if close_match else ""
-                errors.append(ConfigError(f"unknown group [{kind}]{hint} (allowed: [project], [engine], [task])", path, number))
+                errors.append(ConfigError(f"unknown group [{printable(kind)}]{hint} (allowed: [project], [engine], [task])",
+                                          path, number))
                 continue
             close()
             current, items, seen, repeats = (kind, number), [], {}, []
@@ -501,15 +533,17 @@ def parse_keyfile(text: str, path: str | None = None, strict: bool = False) -> l
         name, sep, value = line.partition("=")
         name, value = name.strip(), value.strip()
         if not sep or not name:
-            errors.append(ConfigError(f"expected key=value, got '{_clip(line)}'", path, number, current[0] if current else None))
+            errors.append(ConfigError(f"expected key=value, got '{_clip(printable(line))}'", path, number,
+                                      current[0] if current else None))
             continue
         if current is None:
-            errors.append(ConfigError("key outside any group: start the file with [project], [engine] or [task]", path, number, key=name))
+            errors.append(ConfigError("key outside any group: start the file with [project], [engine] or [task]", path, number,
+                                      key=printable(name)))
             continue
         if name in seen:
             if strict:
                 errors.append(ConfigError(f"given twice in this group (first on line {seen[name]})", path, number,
-                                          current[0], name, value))
+                                          current[0], printable(name), printable(value)))
                 continue
             repeats.append((name, seen[name], number))
             items = [item for item in items if item[0] != name]
@@ -520,6 +554,19 @@ def parse_keyfile(text: str, path: str | None = None, strict: bool = False) -> l
     if errors:
         raise ConfigErrors(errors)
     return groups
+
+
+#: What no config line may hold: control characters (C0 but the tab, DEL, C1) and the line
+#: and paragraph separators, which some tools show as line ends and others do not.
+_NOT_TEXT = re.compile("[\x00-\x08\x0a-\x1f\x7f-\x9f\u2028\u2029]")
+
+
+def printable(text: str) -> str:
+    """`text` safe to print on a terminal: characters that are not printable (controls,
+    format characters such as U+202E) are shown escaped, as Python writes them (\\x1b, \\u202e)."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
 
 def _clip(text: str, width: int = 40) -> str:

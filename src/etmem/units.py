@@ -12,7 +12,7 @@ from decimal import Decimal
 UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40, "p": 1 << 50, "e": 1 << 60}
 NAMES = (("EiB", 1 << 60), ("PiB", 1 << 50), ("TiB", 1 << 40), ("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10))
 EXAMPLES = "10g, 512m, 64k or a number of bytes"  # as the message has always said; 1.5G and 1GiB are read too
-_SIZE = re.compile(r"(\d+(?:\.\d+)?|\.\d+)\s*(?:([kmgtpe])(i?b)?|(b)?)", re.I)
+_SIZE = re.compile(r"(\d+(?:\.\d+)?|\.\d+)\s*(?:([kmgtpe])(i?b)?|(b)?)", re.I | re.ASCII)   # ASCII digits only
 
 
 def parse_size(text: str | int, bare: str = "") -> int:
