@@ -295,8 +295,7 @@ class Psi(Strategy):
             return
         why_not = too_much_pressure(recent, keys.pressure, refaulted, st.last_reclaimed, keys.refault_ratio)
         good: bool | None = False
-        floor = amount = reclaimed = 0
-        complete = None
+        floor, amount, reclaimed, complete = None, 0, 0, None   # floor: not worked out in a bad round
         if why_not is None:
             floor = reclaim_floor(figures, keys.limit_min_bytes, keys.limit_min_ratio)
             amount = reclaim_amount(figures.current, floor, st.rate, keys.reclaim_max_bytes)
