@@ -1,18 +1,26 @@
-"""thirdparty: upstream's C engines (a .so with a `struct engine_ops`), loaded through ctypes.
+"""thirdparty: upstream's C engines (a .so with a `struct engine_ops`), each run in a helper process of its own.
 
-`[engine] name=thirdparty` with `eng_name`, `libname` and `ops_name` loads the library
-(after safety checks on the file), finds the ops table and drives its nine functions
-with upstream's structures (legacy_abi.py), a GLib GKeyFile holding the engine's or
-task's group, and a real file descriptor for private commands. The engine's own keys
-pass through untouched. docs/plugins.md says when each function is called.
+`[engine] name=thirdparty` with `eng_name`, `libname` and `ops_name` checks the library
+file here, then starts the engine's helper (legacy_host.py), which loads the library,
+checks that ops_name is a struct engine_ops, and drives its nine functions with
+upstream's structures (legacy_abi.py), GLib key files and a real file descriptor for
+private commands. `Legacy` is etmemd's side: every call is a request to the helper,
+answered within a bounded time. A helper that crashes (or hangs and is killed) fails
+its engine's calls and tasks with a message naming the engine, library, function and
+signal or exit status; etmemd and every other engine run on. The engine's own keys pass
+through untouched. docs/plugins.md says when each function is called.
 """
 from __future__ import annotations
 
-import ctypes
-import functools
 import logging
+import math
 import os
+import queue
+import signal
+import socket
 import stat
+import subprocess
+import sys
 import threading
 
 import attrs
@@ -21,8 +29,9 @@ from ..config import Name, Text, key
 from ..errors import EtmemError, LegacyLoadError, ObjectError
 from ..hookspecs import hookimpl
 from ..process import resolve_targets
+from ..scan import CLAIMS
 from ..strategy import Strategy
-from . import legacy_abi as abi
+from .legacy_host import Wire, WireError
 
 log = logging.getLogger("etmem.legacy")
 
@@ -70,67 +79,252 @@ def check_library_file(path: str) -> int:
     return fd
 
 
-class CProject:
-    """The `struct project` the C engines of one project share."""
+# The helper runs `python -m etmem.engines.legacy_host` from the directory this etmem
+# package is in, so it imports the same etmem (and never anything from etmemd's cwd).
+HOST_MODULE = "etmem.engines.legacy_host"
+PACKAGE_PARENT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+DEFAULT_CALL_TIMEOUT = 30.0   # seconds; ETMEM_LEGACY_CALL_TIMEOUT changes it
+START_TIMEOUT = 30.0          # seconds for the helper's Python to start
+DRAIN_TIMEOUT = 10.0          # seconds a command's output may go on after its function returned
 
-    def __init__(self, spec):
-        self.struct = abi.Project()
-        self.struct.name = abi.c_string(spec.name)
-        self.struct.type = abi.SCAN_TYPES.get(spec.scan_type, 0)
-        self.scan = abi.PageScan(spec.interval or 0, spec.loop or 0, spec.sleep or 0)
-        if spec.scan_type == "page":
-            self.struct.scan_param = ctypes.addressof(self.scan)
-        self.struct.sysmem_threshold = -1 if spec.sysmem_threshold is None else spec.sysmem_threshold
-        if spec.swapcache_high_wmark is not None:
-            self.struct.wmark_set = True
-            self.struct.swapcache_high_wmark = spec.swapcache_high_wmark
-            self.struct.swapcache_low_wmark = spec.swapcache_low_wmark or 0
-        self.engines: list["Legacy"] = []
-        self.started_tasks = 0   # tasks of the project's C engines that run: `start` is true while any does
 
-    def relink(self) -> None:
-        """Rebuild the engs list (newest first, as upstream inserts)."""
-        nxt = None
-        for eng in self.engines:
-            eng.struct.next = nxt
-            nxt = ctypes.pointer(eng.struct)
-        self.struct.engs = nxt
+def call_timeout() -> float:
+    """How long one request to a helper may take (ETMEM_LEGACY_CALL_TIMEOUT, seconds)."""
+    text = os.environ.get("ETMEM_LEGACY_CALL_TIMEOUT")
+    if text is None:
+        return DEFAULT_CALL_TIMEOUT
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (value > 0 and math.isfinite(value)):
+        raise LegacyLoadError(f"ETMEM_LEGACY_CALL_TIMEOUT={text}: must be a number of seconds above 0")
+    return value
+
+
+def _exit_text(returncode: int) -> str:
+    if returncode < 0:
+        try:
+            return f"killed by {signal.Signals(-returncode).name}"
+        except ValueError:
+            return f"killed by signal {-returncode}"
+    return f"exited with status {returncode}"
+
+
+def _during(at: str | None) -> str:
+    if at is None:
+        return "while none of its functions was running (in a thread of its own)"
+    if at == "start-up":
+        return "while its helper process started (see etmemd's log)"
+    return f"in {at}"
+
+
+def _cwd() -> str:
+    try:
+        return os.getcwd()
+    except OSError:
+        return "/"
+
+
+class Helper:
+    """etmemd's end of one C engine's helper process: requests and their replies, the
+    helper's log lines and scan claims, and the helper's end.
+
+    A reader thread takes everything the helper sends; when the connection ends it reaps
+    the process, and unless etmemd let it go, says why it ended (`ended`), logs it, tells
+    `on_crash`, and fails the call waiting for a reply. Nothing restarts it.
+    """
+
+    def __init__(self, label: str, lib_fd: int, on_crash):
+        self.label = label
+        self.on_crash = on_crash
+        self.replies: queue.Queue = queue.Queue()
+        self.at: str | None = "start-up"   # what the helper runs now, as it last said
+        self.advice = ""                    # said after why it ended, once the engine is in its project
+        self.ended: str | None = None      # why the helper is gone, once it is
+        self._kill_reason: str | None = None
+        self._let_go = False                # etmemd ended it: its exit is no crash
+        self._claims: dict = {}             # etmemd scan claims the helper holds, by its id
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", HOST_MODULE, str(theirs.fileno()), str(lib_fd),
+                 "--log-level", str(logging.getLogger("etmem").getEffectiveLevel()), "--cwd", _cwd(), "--engine", label],
+                pass_fds=(theirs.fileno(), lib_fd), stdin=subprocess.DEVNULL, cwd=PACKAGE_PARENT,
+                start_new_session=True)
+        except OSError as exc:
+            ours.close()
+            raise LegacyLoadError(f"{label}: cannot start its helper process: {exc}") from None
+        finally:
+            theirs.close()
+        self.pid = self.proc.pid
+        self.wire = Wire(ours)
+        self.reader = threading.Thread(target=self._read, name=f"etmem-helper-{self.pid}", daemon=True)
+        self.reader.start()
+        self._wait(START_TIMEOUT, "start-up")
+        log.info("%s: helper process %d", label, self.pid)
+
+    # -- calls --------------------------------------------------------------------------------
+    def call(self, op: str, timeout: float, fds=(), **fields) -> dict:
+        """Send one request and wait for its reply; LegacyLoadError when the helper fails it or is gone."""
+        if self.ended:
+            raise LegacyLoadError(self.ended)
+        try:
+            self.wire.send(dict(fields, op=op), fds)
+        except OSError:
+            pass   # the helper is gone: the reader says why
+        reply = self._wait(timeout, op)
+        if "error" in reply:
+            raise LegacyLoadError(str(reply["error"]))
+        return reply["reply"]
+
+    def _wait(self, timeout: float, what: str) -> dict:
+        try:
+            message = self.replies.get(timeout=timeout)
+        except queue.Empty:
+            if what == "start-up":
+                self.kill(f"{self.label}: its helper process did not start within {timeout:g} s; "
+                          f"etmemd killed it (pid {self.pid})")
+            else:
+                self.kill(f"{self.label} did not return from {self.at or what} within {timeout:g} s: "
+                          f"etmemd killed its helper process (pid {self.pid})")
+            message = self._wait_for_end()
+        if "ended" in message:
+            raise LegacyLoadError(message["ended"])
+        return message
+
+    def _wait_for_end(self) -> dict:
+        while True:
+            try:
+                message = self.replies.get(timeout=DRAIN_TIMEOUT)
+            except queue.Empty:
+                return {"ended": self._kill_reason + self.advice}
+            if "ended" in message:
+                return message
+
+    def kill(self, reason: str) -> None:
+        """End the helper with SIGKILL; `reason` becomes why it ended."""
+        if self._kill_reason is None:
+            self._kill_reason = reason
+        try:
+            self.proc.kill()
+        except OSError:
+            pass
+
+    def let_go(self) -> None:
+        """etmemd needs nothing more from the helper: it exits once its connection ends."""
+        self._let_go = True
+        try:
+            self.wire.sock.shutdown(socket.SHUT_WR)
+        except OSError:
+            pass
+        self.reader.join(DRAIN_TIMEOUT)
+        if self.reader.is_alive():
+            self.kill(f"{self.label}: its helper process did not exit when let go: etmemd killed it (pid {self.pid})")
+            self.reader.join()
+
+    # -- the reader thread --------------------------------------------------------------------
+    def _read(self) -> None:
+        try:
+            while (message := self.wire.receive()) is not None:
+                self._take(message)
+        except OSError:
+            pass   # the connection ended (ECONNRESET: the helper died with a request unread)
+        except (ValueError, TypeError, KeyError, EtmemError) as exc:
+            self.kill(f"{self.label} sent etmemd a message it cannot read ({exc}): etmemd killed its helper "
+                      f"process (pid {self.pid})")
+        self._end()
+
+    def _take(self, message: dict) -> None:
+        if "at" in message:
+            self.at = str(message["at"])
+        elif "log" in message:
+            level, name, text = message["log"]
+            logging.getLogger(str(name)).log(int(level), "%s: %s", self.label, text)
+        elif "claim" in message:
+            claim = CLAIMS.claim(int(message["claim"]))
+            if claim is not None:
+                self._claims[message["id"]] = claim
+            try:
+                self.wire.send({"claimed": message["id"], "ok": claim is not None})
+            except OSError:
+                pass   # the helper is gone; its end follows
+        elif "release" in message:
+            claim = self._claims.pop(message["release"], None)
+            if claim is not None:
+                CLAIMS.release(claim)
+        elif {"reply", "error", "ready"} & message.keys():
+            self.at = None
+            if isinstance(message.get("reply"), dict) and message["reply"].get("bye"):
+                self._let_go = True
+            self.replies.put(message)
+        else:
+            raise WireError(f"a message of unknown kind ({', '.join(sorted(message))})")
+
+    def _end(self) -> None:
+        for claim in self._claims.values():
+            CLAIMS.release(claim)   # on this thread, which took them
+        self._claims.clear()
+        try:
+            returncode = self.proc.wait(5)
+        except subprocess.TimeoutExpired:
+            self.kill(f"{self.label} closed its connection to etmemd but did not exit: etmemd killed its "
+                      f"helper process (pid {self.pid})")
+            returncode = self.proc.wait()
+        self.wire.close()
+        if self._kill_reason is None and self._let_go and returncode == 0:
+            self.ended = f"{self.label} is closed"
+            log.debug("%s: helper process %d ended", self.label, self.pid)
+        else:
+            self.ended = (self._kill_reason or
+                          f"{self.label} crashed: {_exit_text(returncode)} {_during(self.at)}") + self.advice
+            log.error("%s", self.ended)
+            self.on_crash(self.ended)
+        self.replies.put({"ended": self.ended})
+
+
+class SharedProject:
+    """What the C engines of one project share. Upstream's struct project lists them all
+    (proj->engs) and says whether any of their tasks runs (proj->start); each engine's
+    helper gets both with every request."""
+
+    def __init__(self):
+        self.lock = threading.Lock()
+        self.engines: list["Legacy"] = []   # in the order they were added
+
+    def join(self, engine: "Legacy") -> None:
+        with self.lock:
+            self.engines.append(engine)
+
+    def leave(self, engine: "Legacy") -> None:
+        with self.lock:
+            if engine in self.engines:
+                self.engines.remove(engine)
+
+    def state(self) -> dict:
+        with self.lock:
+            return {"engs": [e.engine.name for e in reversed(self.engines)],
+                    "start": any(e.started and not e.helper.ended for e in self.engines)}
 
 
 _projects_lock = threading.Lock()
 
 
-def _c_project(engine) -> CProject:
-    """The `struct project` of the engine's project, shared through the project's EngineView.shared."""
+def _shared_project(engine) -> SharedProject:
+    """The SharedProject of the engine's project, kept in the project's EngineView.shared."""
     with _projects_lock:
         found = engine.shared.get("thirdparty.project")
         if found is None:
-            found = engine.shared["thirdparty.project"] = CProject(engine.project)
+            found = engine.shared["thirdparty.project"] = SharedProject()
         return found
 
 
-class CTask:
-    """A task's `struct task`, its pid list and its stop event."""
-
-    def __init__(self, task):
-        self.struct = abi.Task()
-        self.struct.type = abi.c_string(task.type)
-        self.struct.value = abi.c_string(str(task.value))
-        self.struct.name = abi.c_string(task.name)
-        self.struct.max_threads = task.max_threads
-        self.struct.swap_flag = 1 if task.swap_flag else 0
-        self.pids: list[int] = []
-        self.stop = threading.Event()
-
-
-def _serialized(method):
-    """Run a method holding the engine's call lock: upstream's etmemd served one request at
-    a time, so C engines may assume their functions never run concurrently."""
-    @functools.wraps(method)
-    def wrapper(self, *args):
-        with self.calls:
-            return method(self, *args)
-    return wrapper
+def _project_fields(spec) -> dict:
+    """What the helper builds its struct project from."""
+    return {"name": spec.name, "scan_type": spec.scan_type, "interval": spec.interval or 0, "loop": spec.loop or 0,
+            "sleep": spec.sleep or 0,
+            "sysmem_threshold": -1 if spec.sysmem_threshold is None else spec.sysmem_threshold,
+            "swapcache_high_wmark": spec.swapcache_high_wmark, "swapcache_low_wmark": spec.swapcache_low_wmark or 0}
 
 
 class Legacy(Strategy):
@@ -139,229 +333,121 @@ class Legacy(Strategy):
     pass_unknown_keys = True
     instance_key = "eng_name"
     schedule = "self"   # the C engine runs its own threads from start_task, as under upstream's etmemd
-    description = "an upstream C engine (.so with struct engine_ops)"
+    description = "an upstream C engine (.so with struct engine_ops), in a helper process of its own"
 
     def __init__(self, engine):
         super().__init__(engine)
         keys = engine.keys
         self.libname, self.ops_name = keys.libname, keys.ops_name
-        self.tasks: dict[str, CTask] = {}
-        self.calls = threading.RLock()
-        self.scan = abi.scan_library()
+        self.label = f"engine {engine.name} ({self.libname}, {self.ops_name})"
+        self.timeout = call_timeout()
+        # one request at a time: upstream's etmemd served one request at a time, so C
+        # engines may assume their functions never run concurrently
+        self.calls = threading.Lock()
+        self.started: set[str] = set()   # tasks whose start_task succeeded and that were not stopped since
+        self.closed = False
         fd = check_library_file(self.libname)
         try:
-            try:
-                self.lib = ctypes.CDLL(f"/proc/self/fd/{fd}", mode=os.RTLD_NOW | os.RTLD_LOCAL)
-            except OSError as exc:
-                raise LegacyLoadError(f"libname {self.libname}: cannot load: {_dl_reason(exc, fd)}") from None
+            self.helper = Helper(self.label, fd, self._crashed)
         finally:
             os.close(fd)
-        self.handle = self.lib._handle
+        self.share = _shared_project(engine)
+        self.share.join(self)
+        values = {"name": "thirdparty", "project": engine.project.name, "eng_name": engine.name,
+                  "libname": self.libname, "ops_name": self.ops_name}
+        values.update({k: str(v) for k, v in engine.extra.items()})
         try:
-            self.ops = self._find_ops()
-            self.struct = abi.Engine()
-            self.struct.engine_type = abi.THIRDPARTY_ENGINE
-            self.struct.name = abi.c_string(keys.eng_name)
-            self.struct.ops = ctypes.pointer(self.ops)
-            self.struct.handler = self.handle
-            self.cproject = _c_project(engine)
-            self.struct.proj = ctypes.pointer(self.cproject.struct)
-            self.cproject.engines.append(self)
-            self.cproject.relink()
-            try:
-                self._fill_engine()
-            except BaseException:
-                self._unlink()
-                raise
+            reply = self._request("open", libname=self.libname, ops_name=self.ops_name, eng_name=engine.name,
+                                  project=_project_fields(engine.project), values=values)
+            if reply["ret"] != 0:
+                raise LegacyLoadError(f"{self._where('fill_eng_params')} failed (returned {reply['ret']})")
         except BaseException:
-            self._unload()
+            self.share.leave(self)
+            self.helper.let_go()
             raise
-
-    # -- loading ----------------------------------------------------------------------
-    def _find_ops(self) -> abi.EngineOps:
-        abi.libc.dlerror()
-        address = abi.libc.dlsym(self.handle, self.ops_name.encode())
-        if not address:
-            err = abi.libc.dlerror()
-            if err:
-                raise LegacyLoadError(f"libname {self.libname}: no symbol {self.ops_name} (ops_name): "
-                                      f"{err.decode(errors='replace').split(': ')[-1]}")
-            raise LegacyLoadError(f"libname {self.libname}: ops_name {self.ops_name} is a NULL ops table")
-        return abi.EngineOps.from_address(address)
-
-    def _op(self, name: str):
-        fn = getattr(self.ops, name)
-        return fn if fn else None
+        self.ops = set(reply["ops"])
+        self.helper.advice = ("; its tasks are stopped and its calls fail until the engine is deleted and "
+                              "added again (etmem obj del / obj add)")
 
     def _where(self, fn: str) -> str:
         return f"engine {self.engine.name} ({self.libname}, {self.ops_name}.{fn})"
 
-    def _fill_engine(self) -> None:
-        fill = self._op("fill_eng_params")
-        if fill is None:
+    def _request(self, op: str, fds=(), **fields) -> dict:
+        with self.calls:
+            return self.helper.call(op, self.timeout, fds, **{**self.share.state(), **fields})
+
+    def _cleanup_request(self, op: str, **fields) -> None:
+        """A request that releases something: once the helper is gone there is nothing to
+        release (its end is logged and in the tasks' last_error), so it never fails."""
+        if self.helper.ended:
             return
-        values = {"name": "thirdparty", "project": self.engine.project.name,
-                  "eng_name": self.engine.name, "libname": self.libname, "ops_name": self.ops_name}
-        values.update({k: str(v) for k, v in self.engine.extra.items()})
-        with abi.KeyFile("engine", values) as kf:
-            ret = fill(kf.ptr, ctypes.pointer(self.struct))
-        if ret != 0:
-            raise LegacyLoadError(f"{self._where('fill_eng_params')} failed (returned {ret})")
+        try:
+            self._request(op, **fields)
+        except LegacyLoadError as exc:
+            if not self.helper.ended:
+                log.warning("%s", exc)
 
-    def _unlink(self) -> None:
-        if self in self.cproject.engines:
-            self.cproject.engines.remove(self)
-            self.cproject.relink()
-
-    def _unload(self) -> None:
-        handle, self.handle = getattr(self, "handle", None), None
-        self.lib = None
-        if handle:
-            abi.libc.dlclose(handle)
+    def _crashed(self, message: str) -> None:
+        for view in list(self.engine.tasks):
+            view.stats.last_error = message
 
     # -- tasks ----------------------------------------------------------------------------
-    @_serialized
     def add_task(self, task) -> None:
-        ctask = CTask(task)
-        ctask.struct.eng = ctypes.pointer(self.struct)
-        ctask.struct.next = self.struct.tasks if self.struct.tasks else None
-        self.struct.tasks = ctypes.pointer(ctask.struct)
-        self.tasks[task.name] = ctask
-        fill = self._op("fill_task_params")
-        if fill is None:
-            return
         values = {"project": task.project.name, "engine": self.engine.name, "name": task.name,
                   "type": task.type, "value": str(task.value), "max_threads": str(task.max_threads),
                   "swap_flag": "yes" if task.swap_flag else "no"}
         values.update({k: str(v) for k, v in task.extra.items()})
-        with abi.KeyFile("task", values) as kf:
-            ret = fill(kf.ptr, ctypes.pointer(ctask.struct))
-        if ret != 0:
-            self._unlink_task(task.name)
-            raise LegacyLoadError(f"{self._where('fill_task_params')} failed for task {task.name} (returned {ret})")
+        spec = {"name": task.name, "type": task.type, "value": str(task.value), "max_threads": task.max_threads,
+                "swap_flag": bool(task.swap_flag)}
+        reply = self._request("add_task", task=spec, values=values)
+        if reply["ret"] != 0:
+            raise LegacyLoadError(f"{self._where('fill_task_params')} failed for task {task.name} "
+                                  f"(returned {reply['ret']})")
 
-    def _unlink_task(self, name: str) -> None:
-        ctask = self.tasks.pop(name, None)
-        if ctask is None:
-            return
-        at = self.struct.tasks
-        prev = None
-        while at:
-            if ctypes.addressof(at.contents) == ctypes.addressof(ctask.struct):
-                nxt = at.contents.next
-                if prev is None:
-                    self.struct.tasks = nxt if nxt else None
-                else:
-                    prev.next = nxt if nxt else None
-                break
-            prev = at.contents
-            at = at.contents.next
-        ctask.struct.eng = None
-        ctask.struct.next = None
-
-    @_serialized
     def remove_task(self, task) -> None:
-        ctask = self.tasks.get(task.name)
-        if ctask is None:
-            return
-        clear = self._op("clear_task_params")
-        if clear is not None:
-            clear(ctypes.pointer(ctask.struct))
-        self._unlink_task(task.name)
+        self._cleanup_request("remove_task", task=task.name)
 
-    @_serialized
     def start_task(self, task) -> None:
-        start = self._op("start_task")
-        if start is None:
+        if self.helper.ended:
+            raise LegacyLoadError(self.helper.ended)
+        if "start_task" not in self.ops:
             raise LegacyLoadError(f"{self._where('start_task')} is NULL: the engine cannot start tasks")
-        ctask = self.tasks[task.name]
-        ctask.stop = threading.Event()
-        self._fill_pids(task, ctask)
         spec = task.project
-        self.scan.watch(ctask.pids, ctask.stop, spec.scanner, spec.sleep or 1)
-        self.cproject.struct.start = True
-        ret = start(ctypes.pointer(self.struct), ctypes.pointer(ctask.struct))
-        if ret != 0:
-            self._free_pids(ctask)
-            self.cproject.struct.start = self.cproject.started_tasks > 0
-            raise LegacyLoadError(f"{self._where('start_task')} failed for task {task.name} (returned {ret})")
-        self.cproject.started_tasks += 1
+        reply = self._request("start_task", task=task.name, pids=self._resolve(task), scanner=spec.scanner,
+                              sleep=spec.sleep or 1, start=True, start_after=self.share.state()["start"])
+        for pid, ret in reply["left_out"]:
+            log.warning("%s returned %d for process %d: left out", self._where("alloc_pid_params"), ret, pid)
+        task.stats.targets = len(reply["pids"])
+        task.stats.extra["pids"] = reply["pids"]
+        if reply["ret"] != 0:
+            raise LegacyLoadError(f"{self._where('start_task')} failed for task {task.name} (returned {reply['ret']})")
+        self.started.add(task.name)
 
-    @_serialized
     def stop_task(self, task) -> None:
-        ctask = self.tasks.get(task.name)
-        if ctask is None:
+        if task.name not in self.started:
             return
-        ctask.stop.set()
-        stop = self._op("stop_task")
-        if stop is not None:
-            stop(ctypes.pointer(self.struct), ctypes.pointer(ctask.struct))
-        self._free_pids(ctask)
-        self.cproject.started_tasks = max(0, self.cproject.started_tasks - 1)
-        if not self.cproject.started_tasks:
-            self.cproject.struct.start = False
+        self.started.discard(task.name)
+        self._cleanup_request("stop_task", task=task.name, start_after=self.share.state()["start"])
 
-    def _fill_pids(self, task, ctask: CTask) -> None:
-        """Resolve the task's processes into tk->pids (ascending), calling alloc_pid_params for each."""
+    def _resolve(self, task) -> list[int]:
+        """The task's processes, ascending (the engine's tk->pids)."""
         try:
             handles = resolve_targets(task.type, str(task.value))
         except EtmemError as exc:
             task.stats.last_error = str(exc)
             log.warning("task %s: %s; the engine starts with no process", task.name, exc)
-            handles = []
-        pids = [h.pid for h in handles]
+            return []
         for h in handles:
             h.close()
-        alloc = self._op("alloc_pid_params")
-        link = ctypes.pointer(ctask.struct)
-        at = None  # last struct task_pid kept
-        kept = []
-        for pid in pids:
-            ptr = abi.libc.calloc(1, ctypes.sizeof(abi.TaskPid))
-            node = abi.TaskPid.from_address(ptr)
-            node.pid = pid
-            node.tk = link
-            holder = ctypes.pointer(node)
-            if alloc is not None:
-                ret = alloc(ctypes.pointer(self.struct), ctypes.byref(holder))
-                if ret != 0:
-                    abi.libc.free(ptr)
-                    log.warning("%s returned %d for process %d: left out", self._where("alloc_pid_params"), ret, pid)
-                    continue
-            if at is None:
-                ctask.struct.pids = holder
-            else:
-                at.next = holder
-            at = holder.contents
-            kept.append(pid)
-        ctask.pids = kept
-        task.stats.targets = len(kept)
-        task.stats.extra["pids"] = kept
-
-    def _free_pids(self, ctask: CTask) -> None:
-        free = self._op("free_pid_params")
-        address = _address(ctask.struct.pids)
-        ctask.struct.pids = None
-        while address:
-            node = abi.TaskPid.from_address(address)
-            following = _address(node.next)
-            holder = ctypes.pointer(node)
-            if free is not None:
-                free(ctypes.pointer(self.struct), ctypes.byref(holder))
-            if holder:  # as upstream: free what the pointer holds after free_pid_params
-                abi.libc.free(ctypes.addressof(holder.contents))
-            address = following
-        self.scan.forget(ctask.pids)
-        ctask.pids = []
+        return [h.pid for h in handles]
 
     # -- commands and removal ---------------------------------------------------------
-    @_serialized
     def command(self, cmd: str, task) -> str:
-        fn = self._op("eng_mgt_func")
-        if fn is None:
+        if self.helper.ended:
+            raise LegacyLoadError(self.helper.ended)
+        if "eng_mgt_func" not in self.ops:
             raise ObjectError(f"engine {self.engine.name} has no private commands "
                               f"({self.ops_name}.eng_mgt_func is NULL in {self.libname})")
-        ctask = self.tasks.get(task.name) if task is not None else None
         read_fd, write_fd = os.pipe2(os.O_CLOEXEC)
         chunks: list[bytes] = []
 
@@ -374,44 +460,36 @@ class Legacy(Strategy):
 
         reader = threading.Thread(target=drain, name=f"etmem-{self.engine.name}-cmd", daemon=True)
         reader.start()
+        failure = None
         try:
-            buf = ctypes.create_string_buffer(cmd.encode())
-            ret = fn(ctypes.pointer(self.struct), ctypes.pointer(ctask.struct) if ctask else None,
-                     ctypes.cast(buf, ctypes.c_char_p), write_fd)
+            ret = self._request("command", fds=[write_fd], cmd=cmd, task=task.name if task is not None else None)["ret"]
+        except LegacyLoadError as exc:
+            failure = exc
         finally:
             os.close(write_fd)
-            reader.join(10)
+            reader.join(DRAIN_TIMEOUT)
             if not reader.is_alive():
                 os.close(read_fd)
             else:
                 log.warning("%s kept its command fd open; its output is cut short", self._where("eng_mgt_func"))
         raw = b"".join(chunks)
         text = raw.replace(b"\xff", b"").replace(b"\xfe", b"").decode("utf-8", "replace")
+        newline = "" if not text or text.endswith("\n") else "\n"
+        if failure is not None:
+            raise LegacyLoadError(f"{text}{newline}{failure}")
         if ret != 0:
-            raise ObjectError(f"{text}{'' if not text or text.endswith(chr(10)) else chr(10)}"
-                              f"{self._where('eng_mgt_func')} failed for command '{cmd}' (returned {ret})")
+            raise ObjectError(f"{text}{newline}{self._where('eng_mgt_func')} failed for command '{cmd}' (returned {ret})")
         return text
 
-    @_serialized
     def close(self) -> None:
-        if getattr(self, "handle", None) is None:
+        if self.closed:
             return
-        for name in list(self.tasks):
-            self._unlink_task(name)
-        clear = self._op("clear_eng_params")
-        if clear is not None:
-            clear(ctypes.pointer(self.struct))
-        self._unlink()
-        self._unload()
-
-
-def _address(pointer) -> int:
-    """The address a ctypes pointer holds (0 for NULL), as a plain int that no later write changes."""
-    return ctypes.cast(pointer, ctypes.c_void_p).value or 0
-
-
-def _dl_reason(exc: OSError, fd: int) -> str:
-    return str(exc).replace(f"/proc/self/fd/{fd}: ", "")
+        self.closed = True
+        try:
+            self._cleanup_request("close")
+        finally:
+            self.share.leave(self)
+            self.helper.let_go()
 
 
 @hookimpl

@@ -21,7 +21,8 @@ import sys
 import tempfile
 import threading
 from ctypes import (CFUNCTYPE, POINTER, Structure, c_bool, c_char, c_char_p, c_float, c_int, c_int32,
-                    c_uint, c_uint64, c_ulong, c_void_p)
+                    c_ubyte, c_uint, c_uint16, c_uint32, c_uint64, c_ulong, c_void_p)
+from typing import NamedTuple
 
 import numpy as np
 
@@ -167,6 +168,50 @@ libc.dlerror.argtypes = []
 libc.dlclose.restype = c_int
 libc.dlclose.argtypes = [c_void_p]
 
+
+# --- symbol entries (what ops_name names) -------------------------------------------
+
+class DlInfo(Structure):
+    _fields_ = [("dli_fname", c_char_p), ("dli_fbase", c_void_p), ("dli_sname", c_char_p), ("dli_saddr", c_void_p)]
+
+
+class Elf64Sym(Structure):
+    _fields_ = [("st_name", c_uint32), ("st_info", c_ubyte), ("st_other", c_ubyte), ("st_shndx", c_uint16),
+                ("st_value", c_uint64), ("st_size", c_uint64)]
+
+
+class Elf32Sym(Structure):
+    _fields_ = [("st_name", c_uint32), ("st_value", c_uint32), ("st_size", c_uint32), ("st_info", c_ubyte),
+                ("st_other", c_ubyte), ("st_shndx", c_uint16)]
+
+
+ElfSym = Elf64Sym if ctypes.sizeof(c_void_p) == 8 else Elf32Sym
+RTLD_DL_SYMENT = 1
+STT_NOTYPE, STT_OBJECT, STT_FUNC, STT_GNU_IFUNC = 0, 1, 2, 10
+STT_NAMES = {0: "STT_NOTYPE", 1: "STT_OBJECT", 2: "STT_FUNC", 3: "STT_SECTION", 4: "STT_FILE", 5: "STT_COMMON",
+             6: "STT_TLS", 10: "STT_GNU_IFUNC"}
+
+_dl = libc if hasattr(libc, "dladdr1") else ctypes.CDLL("libdl.so.2")   # glibc before 2.34 keeps it in libdl
+_dl.dladdr1.restype = c_int
+_dl.dladdr1.argtypes = [c_void_p, POINTER(DlInfo), POINTER(POINTER(ElfSym)), c_int]
+
+
+class SymbolEntry(NamedTuple):
+    type: int       # STT_*
+    size: int       # st_size
+    address: int    # where the symbol starts
+
+
+def symbol_at(address: int) -> SymbolEntry | None:
+    """The dynamic symbol table entry (ELF st_info, st_size) of the loaded object that the
+    dynamic linker finds for an address, or None when there is none."""
+    info = DlInfo()
+    entry = POINTER(ElfSym)()
+    if not _dl.dladdr1(address, ctypes.byref(info), ctypes.byref(entry), RTLD_DL_SYMENT) or not entry:
+        return None
+    return SymbolEntry(entry.contents.st_info & 0xF, entry.contents.st_size, info.dli_saddr or 0)
+
+
 _glib = None
 _glib_lock = threading.Lock()
 
@@ -272,13 +317,19 @@ def scan_library_path() -> str:
 
 class ScanLibrary:
     """libetmemd_scan.so loaded RTLD_GLOBAL (so engines linked with -letmemd_scan resolve
-    to it), its page passes answered through etmem's Scanner."""
+    to it), its page passes answered through etmem's Scanner.
+
+    `claims`, when set, is where a pass claims its process first (claim(pid) -> key or
+    None, release(key)): a C engine's helper process sets it to etmemd's claims, so its
+    passes and etmemd's own engines never scan one process at once.
+    """
 
     def __init__(self):
         self.path = scan_library_path()
         self.lib = ctypes.CDLL(self.path, mode=os.RTLD_NOW | os.RTLD_GLOBAL)
         self.lib.etmem_scan_set_backend.restype = None
         self.lib.etmem_scan_set_backend.argtypes = [POINTER(ScanBackend)]
+        self.claims = None
         self._lock = threading.Lock()
         self._stops: dict[int, threading.Event] = {}
         self._scanners: dict = {}  # project settings of a pid's task: (source, sleep)
@@ -333,10 +384,20 @@ class ScanLibrary:
             with self._lock:
                 stop = self._stops.get(pid) or threading.Event()
                 source, sleep = self._scanners.get(pid, ("auto", 1))
-            scanner = Scanner(pid, source=source, anon_only=False, ranges=ranges, huge="keep",
-                              ign_host=bool(flags & SCAN_IGN_HOST), as_huge=bool(flags & SCAN_AS_HUGE),
-                              swap_flag=bool(flags & VMA_SCAN_FLAG), read_only=True)
-            refs = scanner.scan(loop=1, sleep=sleep, stop=stop)
+            claims = self.claims
+            key = claims.claim(pid) if claims is not None else None
+            if claims is not None and key is None:
+                log.warning("scan library: scan of process %d failed: process %d is being scanned by "
+                            "another task; not scanned now", pid, pid)
+                return -1
+            try:
+                scanner = Scanner(pid, source=source, anon_only=False, ranges=ranges, huge="keep",
+                                  ign_host=bool(flags & SCAN_IGN_HOST), as_huge=bool(flags & SCAN_AS_HUGE),
+                                  swap_flag=bool(flags & VMA_SCAN_FLAG), read_only=True)
+                refs = scanner.scan(loop=1, sleep=sleep, stop=stop)
+            finally:
+                if key is not None:
+                    claims.release(key)
             if refs.passes < 1:
                 log.warning("scan library: scan of process %d failed: %s", pid, refs.error or "stopped")
                 return -1
