@@ -1,14 +1,18 @@
 """The Prometheus endpoint: a real slide task on a real workload, scraped over HTTP and parsed by
-prometheus_client's own parser; the --metrics address rules and a taken port."""
+prometheus_client's own parser, in-process and from a real etmemd --metrics; the address rules
+and a taken port."""
 from __future__ import annotations
 
 import socket
+import subprocess
+import time
 import urllib.request
 
 import pytest
 
 import etmem
 from etmem.metrics import ManagerCollector, MetricsError, MetricsServer, parse_address
+from etmemd_harness import Etmemd, script, unique_socket_name, write_config
 
 prometheus_client = pytest.importorskip("prometheus_client", reason="metrics need prometheus-client (a dependency)")
 from prometheus_client.parser import text_string_to_metric_families  # noqa: E402
@@ -119,3 +123,81 @@ def test_a_taken_port_is_a_clear_error():
             MetricsServer(Shown([]), "127.0.0.1", port)
     assert str(err.value) == (f"cannot serve metrics on 127.0.0.1:{port}: Address already in use "
                               "(another program listens there: choose another port)")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_etmemd_serves_metrics_whose_counters_grow_across_rounds(need_root, tmp_path, workload_factory):
+    w = workload_factory(total_mb=32, hot_mb=8)
+    port = free_port()
+    daemon = Etmemd(tmp_path, args=("--metrics", f"127.0.0.1:{port}")).start()
+    try:
+        conf = write_config(tmp_path / "m.conf", f"""
+            [project]
+            name=m
+            loop=1
+            interval=1
+            sleep=1
+            scanner=smaps
+
+            [engine]
+            name=slide
+            project=m
+
+            [task]
+            project=m
+            engine=slide
+            name=w
+            type=pid
+            value={w.pid}
+            T=1
+            dry_run=yes
+            """)
+        assert daemon.etmem("obj", "add", "-f", str(conf)).returncode == 0
+        assert daemon.etmem("project", "start", "-n", "m").returncode == 0
+        url = f"http://127.0.0.1:{port}/metrics"
+        seen = []
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and (len(seen) < 2 or seen[-1] <= seen[0]):
+            text = urllib.request.urlopen(url, timeout=10).read().decode()
+            samples = {(s.name, frozenset(s.labels.items())): s.value
+                       for family in text_string_to_metric_families(text) for s in family.samples}
+            rounds = samples.get(("etmem_task_rounds_total", frozenset({("project", "m"), ("engine", "slide"), ("task", "w")})))
+            if rounds:
+                seen.append(rounds)
+            time.sleep(0.5)
+        assert len(seen) >= 2 and seen[-1] > seen[0], seen
+        assert task_sample(samples, "etmem_task_started") == 1
+        assert task_sample(samples, "etmem_task_pages_chosen_total") > 0
+        assert task_sample(samples, "etmem_task_pages_swapped_total") == 0
+        assert samples[("process_resident_memory_bytes", frozenset())] > 0
+    finally:
+        assert daemon.stop() == 0
+
+
+def test_etmemd_on_a_taken_metrics_port_says_so_and_exits(tmp_path):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        out = subprocess.run([script("etmemd"), "-s", unique_socket_name("m"), "--metrics", str(port)],
+                             capture_output=True, text=True, timeout=30)
+    assert out.returncode == 1, out.stdout + out.stderr
+    assert f"cannot serve metrics on 127.0.0.1:{port}: Address already in use" in out.stderr
+    assert "Traceback" not in out.stderr + out.stdout
+
+
+@pytest.mark.parametrize("args, says", [
+    (["--metrics", "0.0.0.0:9464"], "error: --metrics '0.0.0.0:9464': 0.0.0.0 is not a loopback address"),
+    (["--metrics", "9464x"], "error: --metrics '9464x': expected PORT or HOST:PORT"),
+    (["--metrics-allow-remote"], "error: --metrics-allow-remote goes with --metrics HOST:PORT"),
+])
+def test_etmemd_refuses_bad_metrics_options_as_any_bad_option(args, says):
+    out = subprocess.run([script("etmemd"), "-s", unique_socket_name("m"), *args], capture_output=True, text=True,
+                         timeout=30)
+    assert out.returncode == 255 and out.stdout.startswith(says), out.stdout
+    assert out.stdout.endswith("fail to parse parameters to start etmemd\n") and "Traceback" not in out.stderr

@@ -7,6 +7,8 @@ running in the foreground. A bad command line is answered on stdout with exit st
 255, as upstream's. With `-m` the process forks: the parent writes the pid file (the
 pid, no newline, mode 0600) and exits once the child listens, as systemd's
 Type=forking expects. SIGTERM or SIGINT stops every project and removes the pid file.
+`--metrics [HOST:]PORT` also serves Prometheus metrics over HTTP (etmem.metrics), on
+loopback unless `--metrics-allow-remote` is given.
 """
 from __future__ import annotations
 
@@ -37,6 +39,9 @@ etmem for Python options:
                                 root:root with mode 0400 or 0600; relaxed: owned by
                                 root and not writable by group or others
     --pid-file <path>           Pid file written in -m mode (default /run/etmemd.pid)
+    --metrics <[host:]port>     Serve Prometheus metrics over HTTP at /metrics (host
+                                default 127.0.0.1; port 0: any free port, logged)
+    --metrics-allow-remote      Let --metrics listen on an address other than loopback
     --version                   Show the version and exit
 """
 
@@ -78,6 +83,9 @@ class Options:
         self.allowed_gids: set[int] = {0}
         self.config_perms = "strict"
         self.pid_file = DEFAULT_PID_FILE
+        self.metrics: tuple[str, int] | None = None     # (host, port) of --metrics
+        self.metrics_text: str | None = None
+        self.metrics_allow_remote = False
 
 
 class UsageError(Exception):
@@ -103,7 +111,7 @@ def parse_options(argv: list[str]) -> Options:
     try:
         opts, rest = getopt.gnu_getopt(argv, "l:s:mh", [
             "log-level=", "socket=", "mode-systemctl", "help", "version",
-            "allow-group=", "config-perms=", "pid-file="])
+            "allow-group=", "config-perms=", "pid-file=", "metrics=", "metrics-allow-remote"])
     except getopt.GetoptError as e:
         raise UsageError(f"parse parameters failed: {e.msg}", show_usage=True) from None
     if rest:
@@ -136,6 +144,19 @@ def parse_options(argv: list[str]) -> Options:
             o.config_perms = value
         elif opt == "--pid-file":
             o.pid_file = value
+        elif opt == "--metrics":
+            o.metrics_text = value
+        elif opt == "--metrics-allow-remote":
+            o.metrics_allow_remote = True
+    if o.metrics_text is not None:
+        from ..metrics import MetricsError, parse_address
+
+        try:
+            o.metrics = parse_address(o.metrics_text, o.metrics_allow_remote)
+        except MetricsError as e:
+            raise UsageError(str(e)) from None
+    elif o.metrics_allow_remote:
+        raise UsageError("--metrics-allow-remote goes with --metrics HOST:PORT")
     if not (o.help or o.version) and o.socket_name is None:
         raise UsageError("socket name of rpc to listen must be provided", show_usage=True)
     return o
@@ -230,14 +251,21 @@ def run(o: Options) -> int:
         if status is not None:
             return status
     setup_logging(o.level, foreground=not o.systemctl)
+    metrics = None
     try:
         from ..model import Manager
 
         manager = Manager()
+        if o.metrics is not None:
+            from ..metrics import MetricsServer
+
+            metrics = MetricsServer(manager, *o.metrics)
         daemon = Daemon(o.socket_name, manager, allowed_gids=frozenset(o.allowed_gids),
                         config_perms=o.config_perms)
         daemon.listen()
     except EtmemError as e:
+        if metrics is not None:
+            metrics.close()
         log.error("%s", e)
         if o.systemctl:  # no stderr log handler in this mode; the parent's terminal gets it
             print(f"etmemd: {e}", file=sys.stderr)
@@ -252,11 +280,16 @@ def run(o: Options) -> int:
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
     log.info("etmemd started (pid %d, socket @%s, log level %d)", os.getpid(),
              o.socket_name, o.level)
+    if metrics is not None:
+        metrics.start()
+        log.info("etmemd serves metrics on %s", metrics.url)
     if o.systemctl:
         _tell_parent_ready()
     try:
         daemon.serve_forever()
     finally:
+        if metrics is not None:
+            metrics.close()
         if o.systemctl:
             _remove_pid_file(o.pid_file)
     return 0
