@@ -3,10 +3,12 @@ and the scan library (libetmemd_scan.so) whose functions C engines call.
 
 The structures follow include/etmem_engine.h (upstream's ABI). The scan library is a
 small C shared object shipped in the package that works in any C program on its own
-(VMAs from /proc, page passes from the kernel's sources); inside etmemd this module
-registers a Python callback with it for the page passes (ctypes callbacks take the GIL,
-so engines may call from their own threads) and answers them with etmem's Scanner, so
-a C engine's scans use the project's scanner source and stop with its task.
+(VMAs from /proc, page passes from the kernel's sources); in a C engine's helper process
+(legacy_host.py) this module registers a Python callback with it for the page passes
+(ctypes callbacks take the GIL, so engines may call from their own threads) and answers
+them with etmem's Scanner, so a C engine's scans use the project's scanner source and
+stop with its task. `symbol_at` reads the dynamic linker's symbol entry of an address
+(what kind of symbol ops_name names, and its size).
 """
 from __future__ import annotations
 
