@@ -145,3 +145,28 @@ def test_a_cslide_dry_run_moves_nothing_and_plans_what_a_real_run_then_tries(nee
     assert moves["pages_requested"] == out.chosen and moves["errors"] == {"ENODEV": 1}
     assert not real.stats.last_round[0].dry_run and real.stats.last_round[0].chosen == out.chosen
     assert w.verify()
+
+
+class ActingPlugin:
+    """An engine that takes any key and has no dry run, as a C engine or a newer engine may."""
+
+    class Acting(etmem.Strategy):
+        name = "acting"
+        pass_unknown_keys = True
+
+    @etmem.hookimpl
+    def etmem_engine_types(self):
+        return [self.Acting]
+
+
+def test_dry_run_on_an_engine_without_one_is_refused_not_ignored_nor_handed_on(tmp_path):
+    from etmem.plugins import Plugins
+
+    manager = etmem.Manager(plugins=Plugins(entry_points=False, extra=(ActingPlugin(),)))
+    text = ("[project]\nname=p\nloop=1\ninterval=1\nsleep=1\n\n[engine]\nname=acting\nproject=p\n\n"
+            "[task]\nproject=p\nengine=acting\nname=t\ntype=pid\nvalue=1\ndry_run=yes\n")
+    with pytest.raises(ConfigError) as err:
+        manager.add_text(text, "acting.conf")     # a file, where unknown keys are only warnings
+    assert str(err.value) == ("acting.conf:17: [task] dry_run=yes: engine acting has no dry run: its tasks act on "
+                              "their targets; remove the key (slide and cslide tasks can observe only)")
+    assert manager.projects == {}
