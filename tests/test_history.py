@@ -129,3 +129,15 @@ def test_engine_history_answers_for_any_engine_and_a_stopped_project(target):
         manager.engine_command("p", "slide", "history", "c")
     with pytest.raises(etmem.ObjectError, match="engine commands need a started project"):
         manager.engine_command("p", "slide", "showtaskpages", "a")
+
+
+def test_a_history_of_many_targets_keeps_fewer_rounds_to_stay_within_its_memory():
+    s = summarize_scan(refs_of([(0x10000000, 0x10000000 + 64 * MiB)], np.zeros(64 * MiB // PAGE, int)))
+    one = RoundRecord(1, 0.0, 0.0, [TargetRecordFactory(s) for _ in range(50)])
+    h = History(maxlen=720, max_bytes=20 * one.nbytes)
+    for n in range(1, 101):
+        h.add(RoundRecord(n, 0.0, 0.0, one.targets))
+    assert [r.round for r in h.rounds()] == list(range(81, 101))
+    small = History(maxlen=720, max_bytes=1)
+    small.add(one)
+    assert len(small) == 1, "the newest round is always kept"

@@ -26,6 +26,10 @@ from .pages import PAGE
 REGIONS = 64
 #: Rounds a task's history keeps; an hour of rounds 5 s apart.
 HISTORY_ROUNDS = 720
+#: Memory a task's history may take at most: fewer rounds are kept of a task with many targets.
+HISTORY_BYTES = 16 << 20
+#: What a target record and an array take besides the array data, roughly.
+_RECORD_BYTES, _ARRAY_BYTES = 400, 112
 #: The `etmem_history` value of the header line this module writes and reads.
 FORMAT_VERSION = 1
 
@@ -61,6 +65,12 @@ class ScanSummary:
     @property
     def resident_bytes(self) -> int:
         return int(self.by_count.sum())
+
+    @property
+    def nbytes(self) -> int:
+        """About the memory the summary takes."""
+        arrays = (self.by_count, self.starts, self.ends, self.resident, self.accessed, self.accesses)
+        return sum(a.nbytes + _ARRAY_BYTES for a in arrays)
 
     def as_json(self) -> dict:
         columns = (self.starts, self.ends, self.resident, self.accessed, self.accesses)
@@ -164,6 +174,11 @@ class RoundRecord:
         """The targets of this round that have a scan summary."""
         return [t for t in self.targets if t.scan is not None]
 
+    @property
+    def nbytes(self) -> int:
+        """About the memory the record takes."""
+        return _RECORD_BYTES + sum(_RECORD_BYTES + (t.scan.nbytes if t.scan is not None else 0) for t in self.targets)
+
     def as_json(self) -> dict:
         return {"round": self.round, "time": self.time, "seconds": self.seconds, "skipped": self.skipped,
                 "error": self.error, "targets": [t.as_json() for t in self.targets]}
@@ -176,11 +191,17 @@ class RoundRecord:
 
 
 class History:
-    """The last `maxlen` rounds of one task, oldest first; safe to read while rounds add to it."""
+    """The last `maxlen` rounds of one task, oldest first, in at most about `max_bytes` of memory
+    (the newest round is always kept); safe to read while rounds add to it."""
 
-    def __init__(self, maxlen: int = HISTORY_ROUNDS, rounds: Iterable[RoundRecord] = ()):
-        self._rounds: collections.deque = collections.deque(rounds, maxlen=maxlen)
+    def __init__(self, maxlen: int = HISTORY_ROUNDS, rounds: Iterable[RoundRecord] = (),
+                 max_bytes: int | None = HISTORY_BYTES):
+        self._rounds: collections.deque = collections.deque(maxlen=maxlen)
+        self._bytes = 0
+        self.max_bytes = max_bytes
         self._lock = threading.Lock()
+        for rec in rounds:
+            self.add(rec)
 
     def __len__(self) -> int:
         return len(self._rounds)
@@ -199,7 +220,12 @@ class History:
 
     def add(self, record: RoundRecord) -> None:
         with self._lock:
+            if len(self._rounds) == self._rounds.maxlen:
+                self._bytes -= self._rounds[0].nbytes
             self._rounds.append(record)
+            self._bytes += record.nbytes
+            while self.max_bytes is not None and self._bytes > self.max_bytes and len(self._rounds) > 1:
+                self._bytes -= self._rounds.popleft().nbytes
 
     def record(self, number: int, result, seconds: float, error: str | None = None) -> RoundRecord:
         """Keep one finished round (a stats.RoundResult, or None when the engine kept its own figures)."""
@@ -252,7 +278,7 @@ def load_jsonl(lines: Iterable[str], name: str = "<history>") -> list[TaskHistor
     def close():
         if current is not None:
             sections.append(TaskHistory(current["project"], current["engine"], current["task"],
-                                        History(max(HISTORY_ROUNDS, len(rounds)), rounds)))
+                                        History(max(HISTORY_ROUNDS, len(rounds)), rounds, max_bytes=None)))
 
     for number, line in enumerate(lines, start=1):
         line = line.strip()
