@@ -12,7 +12,6 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from etmem.cli import client
 from etmemd_harness import (Etmemd, install_probe_plugin, probe_config, raw_exchange, script,
                             unique_socket_name, write_config)
 
@@ -104,7 +103,7 @@ def test_engine_commands(daemon, conf):
         result = daemon.etmem(*argv)
         assert result.returncode == 186, result
         assert result.stdout.startswith(message)
-        assert result.stdout.endswith("etmem_client_recv failed.\netmem: error -70\n" + client.ENGINE_HELP)
+        assert result.stdout.endswith("etmem_client_recv failed.\netmem: error -70\n")  # no usage: a right command line
 
 
 def test_a_slow_engine_command_does_not_block_project_show(daemon, conf, plugin_dir):

@@ -14,7 +14,6 @@ import time
 
 import pytest
 
-from etmem.cli import client
 from etmemd_harness import (Etmemd, install_probe_plugin, probe_config, raw_exchange, script,
                             unique_socket_name, write_config)
 
@@ -178,11 +177,12 @@ def test_every_failure_reply_starts_with_upstreams_line_for_its_cause(daemon, tm
         assert fails_with(reply, line), (request, reply)
         assert reply[len(line) + 1:-1].decode().startswith(detail), (request, reply)
 
-    # the client: the reply with a newline in place of the tag, upstream's two lines and the usage
+    # the client: the reply with a newline in place of the tag, then upstream's two lines (the
+    # usage only follows a wrong command line, and this one was right)
     failed = daemon.etmem("project", "start", "-n", "p1")
     assert failed.returncode == 186 and failed.stderr == ""
     assert failed.stdout == ("error: project has been started\nproject p1 is already started\n"
-                             "etmem_client_recv failed.\netmem: error -70\n" + client.PROJECT_HELP)
+                             "etmem_client_recv failed.\netmem: error -70\n")
 
 
 # -- config files ------------------------------------------------------------------------

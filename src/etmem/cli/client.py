@@ -266,7 +266,9 @@ def main(group: str, argv: list[str]) -> int:
     """Run `etmem GROUP ARGV...`; returns the exit status.
 
     Everything goes to stdout, as upstream's client writes it: the reply, and after a
-    failure the reason, upstream's `... failed.` line, `etmem: error N` and the usage.
+    failure the reason, upstream's `... failed.` line and `etmem: error N`. The usage
+    follows only when the command line was wrong (upstream printed it after every failure,
+    burying a daemon's answer to a right command line under it).
     """
     help_text = HELP[group]
     out = sys.stdout
@@ -284,11 +286,11 @@ def main(group: str, argv: list[str]) -> int:
     try:
         reply = request(inv.socket_name, inv.request)
     except ConnectError as e:
-        out.write(f"{e}\n{e.step}\netmem: error {e.code}\n{help_text}")
+        out.write(f"{e}\n{e.step}\netmem: error {e.code}\n")
         return e.status
     if not reply.ok:
         # as upstream's client: the reply with a newline in place of the tag, then these lines
-        out.write(f"{reply.text}\n{RECV_FAILED}\netmem: error {CODE_FAILED_REPLY}\n{help_text}")
+        out.write(f"{reply.text}\n{RECV_FAILED}\netmem: error {CODE_FAILED_REPLY}\n")
         return EXIT_FAILED_REPLY
     if inv.output == "json":
         try:
