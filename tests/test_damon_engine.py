@@ -507,3 +507,27 @@ def test_the_python_api_builds_the_same_engine_and_refuses_it_outside_a_region_p
     page = Project(name="pages", loop=1, interval=1, sleep=1)
     with pytest.raises(ConfigError, match="the damon engine needs a project with scan_type=region"):
         page.add_engine("damon", action="cold")
+
+
+def test_sysfs_retries_what_the_kernel_refuses_with_ebusy_but_not_nr_kdamonds(tmp_path):
+    import errno as _errno
+    import io
+
+    from etmem.damon_sysfs import Sysfs
+
+    busy = {"left": 2}
+    (tmp_path / "kdamonds").mkdir()
+    (tmp_path / "kdamonds" / "nr_kdamonds").write_text("1\n")
+
+    def opener(path, mode):
+        if busy["left"]:
+            busy["left"] -= 1
+            raise OSError(_errno.EBUSY, "Device or resource busy")
+        return open(path, mode) if "r" in mode else io.FileIO(path, "w")
+
+    fs = Sysfs(str(tmp_path), opener)
+    assert fs.read("kdamonds/nr_kdamonds") == "1" and busy["left"] == 0   # two refusals, then the answer
+    busy["left"] = 1
+    with pytest.raises(OSError) as refused:
+        fs.write("kdamonds/nr_kdamonds", 0)       # EBUSY here means a kdamond runs: not retried
+    assert refused.value.errno == _errno.EBUSY

@@ -43,6 +43,8 @@ MAX_CONNECTIONS = 128
 #: Config permission rules: upstream's (root:root, mode 0400 or 0600) or relaxed
 #: (owned by uid 0, no group or other write permission).
 CONFIG_PERMS = ("strict", "relaxed")
+#: Why a strict refusal refuses: a file names the processes and libraries etmemd acts on as root.
+_STRICT_RULE = "as upstream's, etmemd reads only config files no one but root can read or write"
 
 
 class ManagerLike(Protocol):
@@ -108,10 +110,12 @@ def check_config_file(path: str, perms: str = "strict") -> str:
         if perms == "strict":
             if st.st_uid != 0 or st.st_gid != 0:
                 raise RequestRefused(f"config file {path} must be owned by root:root "
-                                     f"(it is owned by {st.st_uid}:{st.st_gid})")
+                                     f"(it is owned by {st.st_uid}:{st.st_gid}): {_STRICT_RULE}; "
+                                     f"chown root:root {path}")
             if mode not in (0o400, 0o600):
                 raise RequestRefused(f"config file {path} must have mode 0400 or 0600 "
-                                     f"(it has {mode:04o})")
+                                     f"(it has {mode:04o}): {_STRICT_RULE}; chmod 600 {path} "
+                                     f"(or start etmemd with --config-perms relaxed)")
         else:
             if st.st_uid != 0:
                 raise RequestRefused(f"config file {path} must be owned by root "

@@ -18,6 +18,7 @@ import errno
 import logging
 import os
 import threading
+import time
 from typing import Callable
 
 import attrs
@@ -168,6 +169,19 @@ def _plain_open(path: str, mode: str):
     return open(path, mode, buffering=0)
 
 
+def _retry_busy(call: Callable, tries: int = 50, pause: float = 0.01):
+    """call(), again while it fails with EBUSY: the kernel serialises DAMON's sysfs files with a
+    trylock, so a read or write that meets another one in progress (another project's round,
+    another reader) is refused with EBUSY rather than kept waiting."""
+    for attempt in range(tries):
+        try:
+            return call()
+        except OSError as exc:
+            if exc.errno != errno.EBUSY or attempt == tries - 1:
+                raise
+            time.sleep(pause)
+
+
 class Sysfs:
     """Reads and writes DAMON's admin tree at `root` (default DAMON_ADMIN) through `opener`."""
 
@@ -179,6 +193,9 @@ class Sysfs:
         return f"{self.root}/{rel}"
 
     def read(self, rel: str) -> str:
+        return _retry_busy(lambda: self._read(rel))
+
+    def _read(self, rel: str) -> str:
         f = self.opener(self.path(rel), "rb")
         try:
             return f.read().decode().strip()
@@ -186,6 +203,12 @@ class Sysfs:
             f.close()
 
     def write(self, rel: str, value) -> None:
+        if rel.endswith("nr_kdamonds"):   # EBUSY here means a kdamond runs: the caller's to handle
+            self._write(rel, value)
+        else:
+            _retry_busy(lambda: self._write(rel, value))
+
+    def _write(self, rel: str, value) -> None:
         f = self.opener(self.path(rel), "wb")
         try:
             f.write(str(value).encode())

@@ -15,7 +15,7 @@ import pytest
 
 from conftest import pagemap_bits
 from etmem import Manager, kernel
-from etmem.damon_sysfs import KDAMONDS
+from etmem.damon_sysfs import KDAMONDS, Sysfs
 from etmem.workload import Workload
 
 pytestmark = pytest.mark.vm
@@ -60,8 +60,8 @@ def need_damon_vaddr():
 
 
 def read(rel: str) -> str:
-    with open(f"{ADMIN}/{rel}") as f:
-        return f.read().strip()
+    # the kernel answers EBUSY while another DAMON sysfs access (the engine's round) runs
+    return Sysfs(ADMIN).read(rel)
 
 
 def stats_of(manager: Manager, project: str) -> dict:
