@@ -251,6 +251,10 @@ class GuestRun:
             "HYPOTHESIS_STORAGE_DIRECTORY": os.path.join(self.workdir, "hypothesis"),
             "PATH": os.environ.get("PATH", "") + ":/usr/sbin:/sbin",
         }
+        # The guest imports the etmem the host's tests import (a checkout's src/ named by
+        # PYTHONPATH is not on the guest's path otherwise: the guest sees only the installed one).
+        if os.environ.get("PYTHONPATH"):
+            guest_env["PYTHONPATH"] = os.environ["PYTHONPATH"]
         # The guest's pytest gets the exact items the host selected; `-m ''` undoes the
         # default `-m 'not slow'` so a slow vm test chosen on the host runs too.
         # Python runs some 30 times slower under TCG: leave out plugins the vm tests do not
