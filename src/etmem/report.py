@@ -120,7 +120,7 @@ def _target_rounds(history: History, pid: int | None) -> tuple[int | None, list[
     if not by_pid:
         raise ReportError(f"the history holds no round that scanned ({len(history)} rounds kept)")
     if pid is None:
-        pid = max(by_pid, key=lambda p: (len(by_pid[p]), p is not None and -p))
+        pid = max(by_pid, key=lambda p: (len(by_pid[p]), -(p or 0)))   # a tie: the lower pid
     elif pid not in by_pid:
         raise ReportError(f"the history has no scan of process {pid} (it has: "
                           f"{', '.join(str(p) for p in by_pid)})")

@@ -12,8 +12,10 @@ import sys
 
 from .. import history as history_mod
 from .. import report
-from ..errors import EtmemError
+from ..errors import EtmemError, ProtocolError
 from ..history import HistoryFormatError, TaskHistory
+from ..protocol import SHOW_JSON, Command, Request
+from .client import ConnectError, request
 
 REPORTS = {
     "wss": "working-set size per round and its percentiles",
@@ -102,8 +104,6 @@ def _pick(sections: list[TaskHistory], args, where: str) -> TaskHistory:
 
 def _engine_of(socket_name: str, project: str, task: str) -> str:
     """The engine of the project that has a task of that name, from `project show -o json`."""
-    from ..protocol import SHOW_JSON, Command
-
     shown = json.loads(_ask(socket_name, Command.PROJECT_SHOW, project=project, engine_cmd=SHOW_JSON))
     engines = sorted({t["engine"] for p in shown for t in p.get("tasks", []) if t["name"] == task})
     if not engines:
@@ -113,14 +113,10 @@ def _engine_of(socket_name: str, project: str, task: str) -> str:
     return engines[0]
 
 
-def _ask(socket_name: str, command=None, **fields) -> str:
+def _ask(socket_name: str, command: Command = Command.ENGINE, **fields) -> str:
     """The text of etmemd's successful reply to one request; EtmemError with its message otherwise."""
-    from ..errors import ProtocolError
-    from ..protocol import Command, Request
-    from .client import ConnectError, request
-
     try:
-        reply = request(socket_name, Request(command if command is not None else Command.ENGINE, **fields))
+        reply = request(socket_name, Request(command, **fields))
     except ConnectError as exc:
         raise EtmemError(str(exc)) from None
     except ProtocolError as exc:
