@@ -296,7 +296,7 @@ class GuestRun:
             if reporter is not None:
                 reporter.write_line(f"vm: the guest did not start its command ({first}); booting once more "
                                     "with --verbose (console2.txt)")
-            cmd = [*cmd[:2], "--verbose", *cmd[2:]]
+            cmd = [cmd[0], "--verbose", *cmd[1:]]   # not between --run and its kernel image
             self.command = cmd
             self.exit_status, second = self._launch(cmd, max(60.0, timeout - (time.monotonic() - t0)), "console2.txt")
             self.console = f"{self.console}\n--- first boot: {first}; second boot, --verbose: ---\n{second}"
