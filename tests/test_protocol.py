@@ -177,6 +177,31 @@ def test_verbose_show_adds_each_tasks_statistics_below_the_table():
     ]
 
 
+def test_verbose_show_says_why_the_last_round_did_nothing_to_each_target():
+    skipped_target = "process 1234 has 12 MiB resident, not above swap_threshold=1 GiB"
+    task = {"number": 1, "type": "name", "value": "nginx", "name": "t1", "engine": "slide", "started": True,
+            "stats": {"rounds": 2, "last_round": [{"pid": 1234, "skipped": skipped_target},
+                                                  {"pid": 1235, "skipped": None},
+                                                  {"pid": None, "detail": {"cgroup": "/web"}, "skipped": "its 0 KiB"}]}}
+    project = {"name": "web", "started": True, "scan_type": "page", "tasks": [task]}
+    lines = protocol.render_show_text([project], stats=True).splitlines()
+    assert lines[4:] == [
+        "stats of task t1 (engine slide):",
+        "  rounds                   2",
+        f"  last_round.1234.skipped  {skipped_target}",
+        "  last_round./web.skipped  its 0 KiB",
+        "",
+    ]
+    # a round skipped as a whole says so, and the targets of an older round are not shown as this one's
+    task["stats"]["skipped"] = "free memory is 81% of total, not below sysmem_threshold=80%: nothing to do"
+    lines = protocol.render_show_text([project], stats=True).splitlines()
+    assert lines[5:] == ["  rounds   2", "  skipped  free memory is 81% of total, not below sysmem_threshold=80%: "
+                                        "nothing to do", ""]
+    # the default table is upstream's, whatever the statistics say
+    assert protocol.render_show_text([project]) == protocol.render_show_text([project], stats=False)
+    assert "skipped" not in protocol.render_show_text([project])
+
+
 def test_a_failure_text_starts_with_upstreams_line_for_the_cause():
     assert protocol.failure_text(Cause.PROJECT_MISSING) == "error: project is not exist"
     assert protocol.failure_text(Cause.TASK_EXISTS, "t.conf:9: [task] task t1 already exists\n") == \
@@ -190,3 +215,10 @@ def test_a_failure_text_starts_with_upstreams_line_for_the_cause():
 
 def test_show_json_is_the_managers_show_list():
     assert json.loads(protocol.render_show_json(SHOWN)) == SHOWN
+
+
+def test_a_task_without_type_and_value_shows_dashes_in_the_table():
+    projects = [{"name": "c", "started": False, "tasks": [
+        {"number": 1, "type": None, "value": None, "name": "web", "engine": "psi", "started": False, "stats": {}}]}]
+    text = protocol.render_show_text(projects)
+    assert text.splitlines()[2] == "%-8d %-8s %-16s %-16s %-16s %-8s" % (1, "-", "-", "web", "psi", "false")

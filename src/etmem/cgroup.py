@@ -17,25 +17,13 @@ from collections import deque
 import attrs
 
 from . import kernel, procfs
-from .errors import EtmemError, KernelFeatureMissing, ProcError
+from .errors import CgroupError, CgroupGone, KernelFeatureMissing, ProcError
 
 PAGE = 4096
 # cgroup v1 shows "no limit" as its page counter's maximum (0x7ffffffffffff000 on 64-bit).
 V1_UNLIMITED = 1 << 62
 GLOB_CHARS = re.compile(r"[*?[]")
 UNIT_DEPTH = 8   # how deep under the mount a systemd unit's cgroup is looked for
-
-
-class CgroupError(EtmemError):
-    """A cgroup file that cannot be read or written; the message names the cgroup and the file."""
-
-
-class CgroupGone(CgroupError):
-    """The cgroup does not exist (any more)."""
-
-    def __init__(self, path: str, root: str):
-        self.path = path
-        super().__init__(f"cgroup {path} does not exist under {root}")
 
 
 # -- typed results -------------------------------------------------------------------

@@ -155,3 +155,15 @@ def cause_of(exc: BaseException) -> Cause:
     if isinstance(exc, (ConfigError, ProtocolError, RequestRefused)):
         return Cause.INVALID
     return Cause.INTERNAL
+
+
+class CgroupError(EtmemError):
+    """A cgroup file that cannot be read or written; the message names the cgroup and the file."""
+
+
+class CgroupGone(CgroupError):
+    """The cgroup does not exist (any more)."""
+
+    def __init__(self, path: str, root: str):
+        self.path = path
+        super().__init__(f"cgroup {path} does not exist under {root}")

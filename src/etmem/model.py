@@ -157,8 +157,12 @@ class Engine:
     def __repr__(self) -> str:
         return f"<Engine {self.name} ({self.kind}) of {self.project.name} tasks={list(self.tasks)}>"
 
-    def add_task(self, name: str, type: str, value: Any, **keys) -> "Task":
-        """Make a task of this engine; it starts at once when the project is started."""
+    def add_task(self, name: str, type: str | None = None, value: Any = None, **keys) -> "Task":
+        """Make a task of this engine; it starts at once when the project is started.
+
+        type/value name its processes (slide, cslide); engines whose tasks name their
+        target otherwise leave them out (psi: `add_task("web", cg_dir="web.slice")`).
+        """
         task = Task(self, name, type, value, **keys)
         self.join(task)
         self.attach_task(task)

@@ -272,6 +272,8 @@ def _flatten(stats: dict, prefix: str = "") -> list[tuple[str, object]]:
 
 
 def _cell(value: object) -> str:
+    if value is None:
+        return "-"
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, float):
@@ -288,9 +290,21 @@ def _by_engine_newest_first(tasks: list[dict]) -> list[list[dict]]:
     return [list(reversed(group)) for group in reversed(list(engines.values()))]
 
 
+def _target_label(number: int, target: dict) -> str:
+    """How a `-v` line names one target of the last round: its pid, else its cgroup, else its place."""
+    if target.get("pid") is not None:
+        return str(target["pid"])
+    return str((target.get("detail") or {}).get("cgroup") or number)
+
+
 def _stats_lines(task: dict) -> list[str]:
-    pairs = [(k, _cell(v).replace("\n", "; ")) for k, v in _flatten(task.get("stats") or {})
+    stats = task.get("stats") or {}
+    pairs = [(k, _cell(v).replace("\n", "; ")) for k, v in _flatten(stats)
              if v is not None and not isinstance(v, (list, tuple))]
+    if not stats.get("skipped"):   # a round skipped as a whole left last_round as an older round had it
+        pairs += [(f"last_round.{_target_label(i, t)}.skipped", _cell(t["skipped"]).replace("\n", "; "))
+                  for i, t in enumerate(stats.get("last_round") or [], start=1)
+                  if isinstance(t, dict) and t.get("skipped")]
     if not pairs:
         return []
     width = max(len(k) for k, _ in pairs)
@@ -305,7 +319,8 @@ def render_show_text(projects: list[dict], stats: bool = False) -> str:
 
     stats=True (`-v`) adds each task's statistics below its project's table, one
     `key  value` line each (nested keys joined with `.`, empty values and per-target
-    lists left out: those are in `-o json`)."""
+    lists left out: those are in `-o json`), and why the last round did nothing to a
+    target (`last_round.PID.skipped  REASON`), so every "did nothing because" is there."""
     if not projects:
         return NO_PROJECTS
     out: list[str] = []
@@ -316,7 +331,8 @@ def render_show_text(projects: list[dict], stats: bool = False) -> str:
         shown: list[dict] = []
         for engine_tasks in _by_engine_newest_first(project.get("tasks", [])):
             for number, task in enumerate(engine_tasks, start=1):
-                out.append(SHOW_ROW % (number, task["type"], _cell(task["value"]), task["name"],
+                # a task with no type/value (psi's, named by cgroup) shows "-" where upstream's printf had "(null)"
+                out.append(SHOW_ROW % (number, _cell(task["type"]), _cell(task["value"]), task["name"],
                                        task["engine"], started))
                 shown.append(task)
         if stats:
