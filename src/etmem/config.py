@@ -581,11 +581,15 @@ _FILE_TYPES = ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO"), (stat.S
                (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"))
 
 
+def file_type(st: os.stat_result) -> str:
+    """What a file that is not a regular one is, for a message: a FIFO, a character device, ..."""
+    return next((name for test, name in _FILE_TYPES if test(st.st_mode)), "no file")
+
+
 def _not_regular(st: os.stat_result) -> str | None:
     if stat.S_ISREG(st.st_mode):
         return None
-    kind = next((name for test, name in _FILE_TYPES if test(st.st_mode)), "not a file")
-    return f"is {kind}, not a regular file: a config file must be a regular file"
+    return f"is {file_type(st)}, not a regular file: a config file must be a regular file"
 
 
 def _kernel_tree(real: str, st: os.stat_result) -> str | None:

@@ -25,7 +25,7 @@ import threading
 
 import attrs
 
-from ..config import Name, Text, key
+from ..config import Name, Text, file_type, key
 from ..errors import EtmemError, LegacyLoadError, ObjectError
 from ..hookspecs import hookimpl
 from ..process import resolve_targets
@@ -51,18 +51,21 @@ def check_library_file(path: str) -> int:
     """Open the library and check the file opened; returns the read-only descriptor.
 
     Loading goes through /proc/self/fd/N of this descriptor, so the file checked is
-    the file loaded, even if the path is swapped meanwhile.
+    the file loaded, even if the path is swapped meanwhile. Symlinks are resolved first
+    (libfoo.so -> libfoo.so.1 is common), then the file is opened without following one
+    and without blocking (O_NOFOLLOW, O_NONBLOCK): a FIFO or a device named as libname is
+    refused at once instead of hanging obj add.
     """
     if not os.path.isabs(path):
         raise LegacyLoadError(f"libname {path}: must be an absolute path")
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        fd = os.open(os.path.realpath(path), os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
     except OSError as exc:
         raise LegacyLoadError(f"libname {path}: cannot open: {exc.strerror}") from None
     try:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
-            raise LegacyLoadError(f"libname {path}: not a regular file")
+            raise LegacyLoadError(f"libname {path}: is {file_type(st)}, not a regular file")
         if st.st_uid != 0 or st.st_gid != 0:
             raise LegacyLoadError(f"libname {path}: owned by {st.st_uid}:{st.st_gid}; it must be owned by "
                                   "root:root as upstream requires")
