@@ -4,7 +4,9 @@
 (SO_PEERCRED), reads one request line (`protocol`), runs it on a `Manager` and
 answers with text and a 0xFF/0xFE tag. Every failure a peer can cause becomes a
 failure reply that starts with upstream's text for its cause (errors.cause_of);
-nothing a peer sends can stop the daemon.
+nothing a peer sends can stop the daemon. A refused peer is answered and closed by
+the accepting thread itself, so it takes no connection slot and no thread: the slots
+are root's.
 
 Config files named in `obj add`/`obj del` are resolved and checked here, before the
 Manager sees them: a relative path is taken relative to the *client's* working
@@ -38,13 +40,25 @@ MAX_CONFIG_SIZE = 10 << 20
 REQUEST_TIMEOUT = 10.0
 #: After a chunk that is not yet a whole request, wait this long for more bytes.
 REQUEST_IDLE_GAP = 0.2
-#: At most this many connections are served at once; more wait in the listen backlog.
+#: At most this many (root) connections are served at once; more wait in the listen
+#: backlog. Refused peers never take one.
 MAX_CONNECTIONS = 128
+#: Connections the kernel queues until etmemd accepts them (every peer's; a refused
+#: peer leaves the queue as soon as it is accepted).
+LISTEN_BACKLOG = 256
+#: On stop, requests already running get this long in all to finish; connections
+#: still sending their request are answered at once.
+SHUTDOWN_TIMEOUT = 5.0
+#: At most one log line about refused peers per this many seconds; the next one counts
+#: the refusals in between, so a flood of refused connections cannot flood the log.
+REFUSAL_LOG_INTERVAL = 1.0
 #: Config permission rules: upstream's (root:root, mode 0400 or 0600) or relaxed
 #: (owned by uid 0, no group or other write permission).
 CONFIG_PERMS = ("strict", "relaxed")
 #: Why a strict refusal refuses: a file names the processes and libraries etmemd acts on as root.
 _STRICT_RULE = "as upstream's, etmemd reads only config files no one but root can read or write"
+#: The reply to a request that arrives, or is still arriving, once etmemd is stopping.
+STOPPING_TEXT = protocol.failure_text(Cause.INTERNAL, "etmemd is stopping; the request was not run")
 
 
 class ManagerLike(Protocol):
@@ -148,7 +162,8 @@ class Daemon:
     def __init__(self, socket_name: str, manager: ManagerLike, *,
                  allowed_gids: frozenset[int] = frozenset({0}), config_perms: str = "strict",
                  request_timeout: float = REQUEST_TIMEOUT,
-                 max_connections: int = MAX_CONNECTIONS):
+                 max_connections: int = MAX_CONNECTIONS,
+                 shutdown_timeout: float = SHUTDOWN_TIMEOUT):
         protocol.check_socket_name(socket_name)
         if config_perms not in CONFIG_PERMS:
             raise ValueError(f"config_perms must be one of {CONFIG_PERMS}")
@@ -157,12 +172,17 @@ class Daemon:
         self.allowed_gids = frozenset(allowed_gids) | {0}
         self.config_perms = config_perms
         self.request_timeout = request_timeout
+        self.shutdown_timeout = shutdown_timeout
         self._slots = threading.BoundedSemaphore(max_connections)
         self._sock: socket.socket | None = None
         self._wake_r, self._wake_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
         self._stopping = threading.Event()
-        self._threads: set[threading.Thread] = set()
+        # each connection's thread -> its socket; `_running` those whose request runs
+        self._connections: dict[threading.Thread, socket.socket] = {}
+        self._running: set[threading.Thread] = set()
         self._threads_lock = threading.Lock()
+        self._refusals_unlogged = 0
+        self._refusal_log_after = 0.0
 
     # -- lifecycle ----------------------------------------------------------------
 
@@ -177,7 +197,7 @@ class Daemon:
                 raise EtmemError(f"socket name {self.socket_name} is already in use "
                                  f"(is another etmemd running?)") from None
             raise EtmemError(f"cannot bind socket {self.socket_name}: {e.strerror}") from None
-        sock.listen(64)
+        sock.listen(LISTEN_BACKLOG)
         self._sock = sock
         log.info("listening on abstract socket @%s", self.socket_name)
 
@@ -196,16 +216,25 @@ class Daemon:
                 except OSError as e:
                     log.warning("accept failed: %s", e.strerror)
                     continue
+                try:
+                    peer = Peer.of(conn)
+                except OSError as e:
+                    log.warning("cannot read a peer's credentials: %s", e.strerror)
+                    conn.close()
+                    continue
+                if not self.peer_allowed(peer):
+                    self._refuse(conn, peer)
+                    continue
                 while not self._slots.acquire(timeout=0.5):
                     if self._stopping.is_set():
                         break
                 if self._stopping.is_set():
                     conn.close()
                     break
-                thread = threading.Thread(target=self._serve_connection, args=(conn,),
+                thread = threading.Thread(target=self._serve_connection, args=(conn, peer),
                                           name="etmemd-conn", daemon=True)
                 with self._threads_lock:
-                    self._threads.add(thread)
+                    self._connections[thread] = conn
                 thread.start()
         finally:
             self._shutdown()
@@ -222,10 +251,25 @@ class Daemon:
         if self._sock is not None:
             self._sock.close()
             self._sock = None
+        if self._refusals_unlogged:
+            log.warning("refused %d more connections of peers that are not uid 0 with gid %s",
+                        self._refusals_unlogged, self._gid_text())
+        deadline = time.monotonic() + self.shutdown_timeout
         with self._threads_lock:
-            threads = list(self._threads)
+            threads = list(self._connections)
+            for thread, conn in self._connections.items():
+                if thread not in self._running:   # still reading: end that at once
+                    try:
+                        conn.shutdown(socket.SHUT_RD)
+                    except OSError:
+                        pass
         for thread in threads:
-            thread.join(timeout=self.request_timeout)
+            thread.join(timeout=max(0.0, deadline - time.monotonic()))
+        with self._threads_lock:
+            running = len(self._running)
+        if running:
+            log.warning("%d request%s still running after %g s; not waiting any longer",
+                        running, "" if running == 1 else "s", self.shutdown_timeout)
         log.info("stopping all projects")
         try:
             self.manager.close()
@@ -237,46 +281,71 @@ class Daemon:
 
     # -- one connection -------------------------------------------------------------
 
-    def _serve_connection(self, conn: socket.socket) -> None:
+    def _refuse(self, conn: socket.socket, peer: Peer) -> None:
+        """Answer a peer that may not talk and close at once, on the accepting thread:
+        nothing it sends is read or waited for. Closing with its bytes unread makes its
+        next read after our reply fail (ECONNRESET) instead of seeing end of file; the
+        reply itself is already queued to it."""
+        text = (f"error: permission denied: etmemd accepts requests only from uid 0 "
+                f"with gid {self._gid_text()} (you are uid {peer.uid} gid {peer.gid})")
+        try:
+            conn.send(protocol.encode_reply(text, False), socket.MSG_DONTWAIT)
+        except OSError:
+            pass
+        conn.close()
+        now = time.monotonic()
+        if now < self._refusal_log_after:
+            self._refusals_unlogged += 1
+            return
+        more = (f" ({self._refusals_unlogged} more refused since the last such line)"
+                if self._refusals_unlogged else "")
+        log.warning("refused a request from %s: etmemd accepts only uid 0 with gid %s%s",
+                    peer, self._gid_text(), more)
+        self._refusals_unlogged = 0
+        self._refusal_log_after = now + REFUSAL_LOG_INTERVAL
+
+    def _serve_connection(self, conn: socket.socket, peer: Peer) -> None:
         try:
             with conn:
-                self.handle(conn)
+                self.handle(conn, peer)
         except Exception:
             log.exception("unexpected error while serving a connection")
         finally:
             self._slots.release()
             with self._threads_lock:
-                self._threads.discard(threading.current_thread())
+                self._connections.pop(threading.current_thread(), None)
+                self._running.discard(threading.current_thread())
 
-    def handle(self, conn: socket.socket) -> None:
-        """Serve one connection: check the peer, read the request, run it, reply."""
+    def handle(self, conn: socket.socket, peer: Peer) -> None:
+        """Serve one connection of an allowed peer: read the request, run it, reply."""
         conn.settimeout(self.request_timeout)
-        peer = Peer.of(conn)
-        if not self.peer_allowed(peer):
-            # answer at once, so a refused peer cannot hold a connection slot
-            log.warning("refused a request from %s: etmemd accepts only uid 0 with gid %s",
-                        peer, self._gid_text())
-            self._reply(conn, f"error: permission denied: etmemd accepts requests only from uid 0 "
-                              f"with gid {self._gid_text()} (you are uid {peer.uid} gid {peer.gid})", ok=False)
-            try:
-                conn.shutdown(socket.SHUT_WR)
-            except OSError:
-                pass
-            self._drain(conn, limit=protocol.MAX_REQUEST * 4)
-            return
         try:
             data = self._read_request(conn)
             log.debug("request from %s: %r", peer, data)
             request = protocol.decode_request(data)
         except ProtocolError as e:
+            if self._stopping.is_set():   # cut short by the stop
+                self._reply(conn, STOPPING_TEXT, ok=False)
+                return
             log.warning("bad request from %s: %s", peer, e)
             self._reply(conn, protocol.failure_text(Cause.INVALID, str(e)), ok=False)
             return
         except OSError as e:
             log.warning("reading the request from %s failed: %s", peer, e)
             return
+        if not self._begin_request():
+            self._reply(conn, STOPPING_TEXT, ok=False)
+            return
         text, ok = self.execute(request, peer)
         self._reply(conn, text, ok)
+
+    def _begin_request(self) -> bool:
+        """Count this connection's request as running, unless etmemd is stopping."""
+        with self._threads_lock:
+            if self._stopping.is_set():
+                return False
+            self._running.add(threading.current_thread())
+            return True
 
     def peer_allowed(self, peer: Peer) -> bool:
         return peer.uid == 0 and peer.gid in self.allowed_gids
@@ -330,14 +399,13 @@ class Daemon:
         return len(buf.split(b" ")) == 2 * len(protocol.KEYS) and not buf.endswith(b" ")
 
     @staticmethod
-    def _drain(conn: socket.socket, limit: int = 1 << 20) -> None:
-        """Read and drop what the client still sends (an over-long or refused request),
-        so that closing the socket does not reset the connection before the client
-        reads our reply."""
+    def _drain(conn: socket.socket) -> None:
+        """Read and drop (up to 1 MiB of) what a root client still sends of an over-long
+        request, so that it reads end of file after our reply, not ECONNRESET."""
         conn.settimeout(REQUEST_IDLE_GAP)
         seen = 0
         try:
-            while seen < limit:
+            while seen < 1 << 20:
                 chunk = conn.recv(65536)
                 if not chunk:
                     return
