@@ -161,6 +161,7 @@ class Helper:
         finally:
             theirs.close()
         self.pid = self.proc.pid
+        self.pidfd = os.pidfd_open(self.pid)   # polls readable once the helper has ended
         self.wire = Wire(ours)
         self.reader = threading.Thread(target=self._read, name=f"etmem-helper-{self.pid}", daemon=True)
         self.reader.start()
@@ -229,7 +230,7 @@ class Helper:
     # -- the reader thread --------------------------------------------------------------------
     def _read(self) -> None:
         try:
-            while (message := self.wire.receive()) is not None:
+            while (message := self.wire.receive(until=self.pidfd)) is not None:
                 self._take(message)
         except OSError:
             pass   # the connection ended (ECONNRESET: the helper died with a request unread)
@@ -275,6 +276,7 @@ class Helper:
                       f"helper process (pid {self.pid})")
             returncode = self.proc.wait()
         self.wire.close()
+        os.close(self.pidfd)
         if self._kill_reason is None and self._let_go and returncode == 0:
             self.ended = f"{self.label} is closed"
             log.debug("%s: helper process %d ended", self.label, self.pid)

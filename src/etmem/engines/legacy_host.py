@@ -18,6 +18,7 @@ import json
 import logging
 import os
 import queue
+import select
 import socket
 import struct
 import sys
@@ -60,8 +61,9 @@ class Wire:
             if frame:
                 self.sock.sendall(frame)
 
-    def receive(self) -> dict | None:
-        """The next message, or None once the other end has closed the connection."""
+    def receive(self, until: int | None = None) -> dict | None:
+        """The next message, or None once the other end has closed the connection, or once
+        the descriptor `until` (the other end's pidfd) polls readable and nothing more is queued."""
         while True:
             if len(self._buf) >= _LENGTH.size:
                 (size,) = _LENGTH.unpack_from(self._buf)
@@ -74,6 +76,8 @@ class Wire:
                     if not isinstance(message, dict):
                         raise WireError(f"a message that is not an object: {message!r:.80}")
                     return message
+            if until is not None and self.sock not in select.select([self.sock, until], [], [])[0]:
+                return None   # the process has ended; a child it forked may still hold its socket
             data, ancillary, _, _ = self.sock.recvmsg(1 << 16, socket.CMSG_SPACE(MAX_FDS * 4),
                                                       socket.MSG_CMSG_CLOEXEC)
             for level, kind, payload in ancillary:
@@ -477,6 +481,8 @@ def main(argv=None) -> int:
     parser.add_argument("--cwd", default="/", help="etmemd's working directory, the engine's too")
     parser.add_argument("--engine", default="", help="the engine's label (for ps)")
     args = parser.parse_args(argv)
+    # programs the engine runs (system(), popen()) have no business with etmemd's socket
+    os.set_inheritable(args.socket_fd, False)
     wire = Wire(socket.socket(fileno=args.socket_fd))
     root = logging.getLogger()
     root.handlers[:] = [WireLog(wire)]
