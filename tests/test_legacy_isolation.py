@@ -119,6 +119,26 @@ def test_a_start_task_that_dereferences_null_fails_its_engine_only(daemon, libs,
     assert_runs_on(daemon, survivor)
 
 
+def test_a_crash_is_seen_at_once_while_a_program_the_engine_started_runs_on(daemon, libs, target, tmp_path,
+                                                                            survivor):
+    """A child the engine forked holds the helper's socket too: etmemd sees the helper end all the same."""
+    pid_file = tmp_path / "child.pid"
+    conf = write_config(tmp_path / "c.conf", thirdparty_config(libs["bad"], "spawn_null_ops", target,
+                                                               engine_keys=f"pid_file={pid_file}"))
+    assert daemon.etmem("obj", "add", "-f", str(conf)).returncode == 0
+    began = time.monotonic()
+    failed = reply_of(daemon.etmem("project", "start", "-n", "p1"))
+    took = time.monotonic() - began
+    child = int(pid_file.read_text())
+    try:
+        assert failed.endswith(f"engine c1 ({libs['bad']}, spawn_null_ops) crashed: killed by SIGSEGV in "
+                               f"start_task{ADVICE}\n")
+        assert took < CALL_TIMEOUT and not gone(child)
+    finally:
+        os.kill(child, signal.SIGKILL)
+    assert_runs_on(daemon, survivor)
+
+
 def test_exit_in_fill_eng_params_refuses_the_engine_only(daemon, libs, target, tmp_path, survivor):
     before = helpers(daemon)
     conf = write_config(tmp_path / "c.conf", thirdparty_config(libs["bad"], "exit_fill_ops", target))
