@@ -193,7 +193,9 @@ def test_swap_threshold_leaves_small_processes_alone(real, workload_factory):
     table, emu = emulate(w)
     manager, task = slide_task(w.pid, "idle_pages", loop=1, T=1, opener=emu.opener, swap_threshold="10g")
     task.run_round()
-    assert "not above swap_threshold" in task.stats.last_round[0].skipped
+    skipped = task.stats.last_round[0].skipped
+    assert skipped.startswith(f"process {w.pid} has ") and skipped.endswith(" MiB resident, not above "
+                                                                            "swap_threshold=10 GiB")
     assert swapped_fraction(w.pid, *w.cold) == 0.0
     manager, task = slide_task(w.pid, "idle_pages", loop=1, T=1, opener=emu.opener, swap_threshold="1m")
     task.run_round()

@@ -27,6 +27,7 @@ from ..process import ProcessHandle
 from ..scan import PAGE, Scanner, present_pages
 from ..stats import RoundResult, TargetResult
 from ..strategy import Strategy, each_target
+from ..units import format_size
 from .keys import dry_run_key, pmu_key
 
 log = logging.getLogger("etmem.slide")
@@ -145,7 +146,8 @@ class Slide(Strategy):
         swapped_bytes = _kb(status.get("VmSwap")) << 10
         out.resident_bytes, out.swapped_bytes = rss, swapped_bytes
         if keys.swap_threshold is not None and rss <= keys.swap_threshold:
-            out.skipped = f"process {handle.pid} has {rss >> 20} MiB resident, not above swap_threshold"
+            out.skipped = (f"process {handle.pid} has {format_size(rss)} resident, not above "
+                           f"swap_threshold={format_size(keys.swap_threshold)}")
             return
 
         budget = self._refault_guard(task, handle, ident, out)
