@@ -243,3 +243,79 @@ def test_obj_help_layout_matches_upstream():
         "", "Usage:", "    etmem obj add [options]", "    etmem obj del [options]", "    etmem obj help"]
     assert "    -f|--file <conf_file>       Add configuration file" in client.OBJ_HELP
     assert "    -s|--socket <socket_name>   Socket name to connect" in client.OBJ_HELP
+
+
+def _full_queue(name: str) -> tuple[socket.socket, list[socket.socket]]:
+    """A socket listening on `name` whose queue of connections waiting to be accepted is
+    full (a busy etmemd's), and the connections filling it."""
+    address = b"\0" + name.encode()
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(address)
+    listener.listen(0)
+    held = []
+    while True:
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        s.setblocking(False)
+        try:
+            s.connect(address)
+        except BlockingIOError:
+            s.close()
+            return listener, held
+        held.append(s)
+
+
+def test_a_busy_daemon_is_waited_for_within_the_timeout():
+    """A full queue made connect() fail at once with EAGAIN: `is etmemd running?`."""
+    name = unique_socket_name("busy")
+    listener, held = _full_queue(name)
+
+    done = threading.Event()
+
+    def serve_later():      # accept the queue in order; answer whoever sends a request
+        time.sleep(1.5)
+        listener.settimeout(0.2)
+        while not done.is_set():
+            try:
+                conn, _ = listener.accept()
+            except TimeoutError:
+                continue
+            with conn:
+                conn.settimeout(0.2)
+                try:
+                    if conn.recv(4096):
+                        conn.sendall(b"no project exists\n\n\xff")
+                except TimeoutError:
+                    pass
+
+    server = threading.Thread(target=serve_later, daemon=True)
+    server.start()
+    try:
+        began = time.monotonic()
+        result = etmem("project", "show", "-s", name)
+        took = time.monotonic() - began
+    finally:
+        done.set()
+        server.join(10)
+        for s in held:
+            s.close()
+        listener.close()
+    assert (result.returncode, result.stdout) == (0, "no project exists\n\n"), result
+    assert took >= 1.5
+
+
+def test_a_daemon_busy_for_the_whole_timeout_is_reported_busy():
+    name = unique_socket_name("busy")
+    listener, held = _full_queue(name)
+    try:
+        began = time.monotonic()
+        with pytest.raises(client.ConnectError) as caught:
+            client.request(name, client.Request(client.Command.PROJECT_SHOW), send_timeout=1.0)
+        took = time.monotonic() - began
+    finally:
+        for s in held:
+            s.close()
+        listener.close()
+    assert str(caught.value) == (f"etmem connect to server failed: etmemd on socket {name} is busy: its queue "
+                                 f"of connections waiting to be accepted stayed full for 1 s")
+    assert (caught.value.status, caught.value.step) == (11, client.CONN_FAILED)   # EAGAIN, connect()'s errno
+    assert 1.0 <= took < 3

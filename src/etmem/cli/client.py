@@ -5,7 +5,9 @@ Options are parsed like upstream's getopt_long (options and values in any order,
 upstream's client sends, everything is written to stdout as upstream's client does, and
 the exit status is upstream's: 0 on success, else its negative return value as a byte
 (234 for a bad option, 255 for an unknown command or a bad `engine` command line, 249 for
-left-over words, 186 after a failure reply, 111 when no etmemd listens).
+left-over words, 186 after a failure reply, 111 when no etmemd listens). A daemon whose
+queue of connections waiting to be accepted is full is waited for, up to the send timeout,
+and then reported busy (status 11, EAGAIN, connect()'s errno as upstream returns it).
 """
 from __future__ import annotations
 
@@ -14,6 +16,7 @@ import getopt
 import json
 import socket
 import sys
+import time
 from dataclasses import dataclass
 
 from .. import protocol
@@ -21,6 +24,8 @@ from ..protocol import Command, ProtocolError, Reply, Request
 
 #: How long to wait for etmemd to accept and take a request (upstream: 10 s).
 SEND_TIMEOUT = 10.0
+#: While etmemd's queue of waiting connections is full, try again this often (at most).
+BUSY_RETRY_PAUSE = 0.1
 #: How long to wait for each part of the reply; engine commands may take a while.
 RECV_TIMEOUT = 60.0
 
@@ -128,18 +133,7 @@ def request(socket_name: str, req: Request, *, send_timeout: float = SEND_TIMEOU
     daemon cannot be reached or the reply is cut off.
     """
     data = req.encode()
-    address = protocol.socket_address(socket_name)
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC) as sock:
-        sock.settimeout(send_timeout)
-        try:
-            sock.connect(address)
-        except TimeoutError:
-            raise ConnectError(f"etmem connect to server failed: etmemd on socket {socket_name} did not "
-                               f"accept the connection in time", errno.ETIMEDOUT, CONN_FAILED) from None
-        except OSError as e:
-            hint = " (is etmemd running on socket " + socket_name + "?)" if e.errno == errno.ECONNREFUSED else ""
-            raise ConnectError(f"etmem connect to server failed: {e.strerror or e}{hint}",
-                               e.errno or errno.ECONNREFUSED, CONN_FAILED) from None
+    with _connect(socket_name, send_timeout) as sock:
         try:
             sock.sendall(data)
         except OSError as e:
@@ -162,6 +156,42 @@ def request(socket_name: str, req: Request, *, send_timeout: float = SEND_TIMEOU
     except ProtocolError as e:
         raise ConnectError(f"connection closed by peer: {e} (socket {socket_name})",
                            CODE_FAILED_REPLY, RECV_FAILED) from None
+
+
+def _connect(socket_name: str, timeout: float) -> socket.socket:
+    """A socket connected to etmemd, its timeout set to `timeout`.
+
+    A full queue of connections waiting to be accepted makes connect() fail at once with
+    EAGAIN (a unix socket never waits in connect once it has a timeout); that is a busy
+    daemon, not an absent one, so it is tried again until `timeout` has passed.
+    """
+    address = protocol.socket_address(socket_name)
+    deadline = time.monotonic() + timeout
+    pause = 0.005
+    while True:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+        sock.settimeout(timeout)
+        try:
+            sock.connect(address)
+            return sock
+        except BlockingIOError:
+            sock.close()
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise ConnectError(f"etmem connect to server failed: etmemd on socket {socket_name} is busy: "
+                                   f"its queue of connections waiting to be accepted stayed full for "
+                                   f"{timeout:g} s", errno.EAGAIN, CONN_FAILED) from None
+            time.sleep(min(pause, left))
+            pause = min(2 * pause, BUSY_RETRY_PAUSE)
+        except TimeoutError:
+            sock.close()
+            raise ConnectError(f"etmem connect to server failed: etmemd on socket {socket_name} did not "
+                               f"accept the connection in time", errno.ETIMEDOUT, CONN_FAILED) from None
+        except OSError as e:
+            sock.close()
+            hint = " (is etmemd running on socket " + socket_name + "?)" if e.errno == errno.ECONNREFUSED else ""
+            raise ConnectError(f"etmem connect to server failed: {e.strerror or e}{hint}",
+                               e.errno or errno.ECONNREFUSED, CONN_FAILED) from None
 
 
 @dataclass
