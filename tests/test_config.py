@@ -266,7 +266,8 @@ def test_missing_required_key_points_at_the_group_header():
 def test_unknown_engine_lists_the_installed_ones():
     err = error_of(PROJECT + "[engine]\nname=lru\nproject=p\n")
     assert "engine 'lru' is not installed" in err.message
-    assert f"(installed engines: {default_plugins().installed()})" in err.message and "cslide, " in err.message
+    assert f"(installed engines: {default_plugins().installed()}; restart etmemd after installing a plugin)" \
+        in err.message and "cslide, " in err.message
 
 
 @pytest.mark.parametrize("engine", sorted(UPSTREAM_ONLY_ENGINES))

@@ -4,13 +4,14 @@ etmemd runs needs a restart, each against a real etmemd (etmemd_harness)."""
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import time
 from pathlib import Path
 
 import pytest
 
-from etmemd_harness import Etmemd, write_config
+from etmemd_harness import Etmemd, install_probe_plugin, probe_config, write_config
 
 pytestmark = pytest.mark.usefixtures("need_root")
 
@@ -123,3 +124,29 @@ def test_the_example_swaps_out_cold_pages_once_its_comment_is_followed(daemon, t
         assert time.monotonic() < deadline, stats
         time.sleep(0.5)
     assert w.verify()
+
+
+def test_a_plugin_installed_while_etmemd_runs_is_named_with_the_restart_that_loads_it(tmp_path, target):
+    plugin_dir = tmp_path / "site"
+    plugin_dir.mkdir()
+    d = Etmemd(tmp_path, plugin_dir=plugin_dir).start()
+    try:
+        conf = write_config(tmp_path / "probe.conf", probe_config("p1", target))
+        before = d.etmem("obj", "add", "-f", str(conf))
+        assert before.returncode == 186
+        # (the installed engines are the built-ins and whatever else this environment has)
+        assert re.search(r"engine 'probe' is not installed \(installed engines: cslide, damon, psi, slide, "
+                         r"thirdparty[^;]*; restart etmemd after installing a plugin\)", before.stdout), before.stdout
+        install_probe_plugin(plugin_dir)             # as pip install would, while etmemd runs
+        after = d.etmem("obj", "add", "-f", str(conf))
+        assert after.returncode == 186
+        assert re.search(r"engine 'probe' is not installed; plugin (.*, )?probe \(etmem-probe-plugin 0\.1\)(, .*)? was "
+                         r"installed after this process started; restart etmemd to load newly installed plugins "
+                         r"\(installed engines: cslide, damon, psi, slide, thirdparty[^;]*\)", after.stdout), after.stdout
+    finally:
+        assert d.stop() == 0, d.log()
+    d = Etmemd(tmp_path, plugin_dir=plugin_dir).start()          # the restart the message asks for
+    try:
+        assert d.etmem("obj", "add", "-f", str(conf)).returncode == 0
+    finally:
+        assert d.stop() == 0, d.log()

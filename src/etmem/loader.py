@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+from importlib import metadata
 from typing import Any, Callable
 
 import attrs
@@ -18,7 +19,7 @@ from . import config
 from .errors import Cause
 from .config import (ConfigError, ConfigErrors, EngineCommon, Group, Origin, ProjectSpec,
                      TaskCommon, check_project, check_task_common, clamp_max_threads, spec_keys)
-from .plugins import Plugins, default_plugins
+from .plugins import ENTRY_POINT_GROUP, Plugins, default_plugins
 from .scan import registry as scan_registry
 from .strategy import Strategy
 
@@ -106,6 +107,7 @@ class OwnTargetsTaskCommon:
     value = None
     max_threads = 1
     swap_flag = False
+    allow_init = False
 
 
 def task_common_spec(strategy: type[Strategy] | None) -> type:
@@ -195,8 +197,28 @@ def strategy_for(name: str, plugins: Plugins) -> type[Strategy]:
     strategy = plugins.engine_type(name)
     if strategy is None:
         note = UPSTREAM_ONLY_ENGINES.get(name)
-        raise ValueError(f"engine '{name}' is not installed{'; ' + note if note else ''} (installed engines: {plugins.installed()})")
+        late = _installed_since_loading(plugins)
+        if late:
+            note = (f"plugin {', '.join(late)} was installed after this process started; restart etmemd "
+                    f"to load newly installed plugins")
+        restart = "" if late or name in UPSTREAM_ONLY_ENGINES else "; restart etmemd after installing a plugin"
+        raise ValueError(f"engine '{name}' is not installed{'; ' + note if note else ''} "
+                         f"(installed engines: {plugins.installed()}{restart})")
     return strategy
+
+
+def _installed_since_loading(plugins: Plugins) -> list[str]:
+    """The `etmem` entry points installed since the process-wide plugins were loaded (a pip
+    install while etmemd runs), as `NAME (DIST VERSION)`; ETMEM_LOAD_PLUGINS is honoured.
+    Plugins of a program's own making (loaded without entry points) are not asked about."""
+    if plugins is not default_plugins():
+        return []
+    allow = os.environ.get("ETMEM_LOAD_PLUGINS")
+    allowed = None if allow is None else {n.strip() for n in allow.split(",") if n.strip()}
+    loaded = {info.name for info in plugins.infos}
+    return list(dict.fromkeys(f"{ep.name} ({ep.dist.name} {ep.dist.version})" if ep.dist else ep.name
+                              for ep in metadata.entry_points(group=ENTRY_POINT_GROUP)
+                              if ep.name not in loaded and (allowed is None or ep.name in allowed)))
 
 
 def build_engine(values: dict, origin: Origin | None = None, plugins: Plugins | None = None,
