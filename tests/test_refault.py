@@ -77,6 +77,12 @@ def test_budget_first_sample_then_tokens_pause_an_overspent_target_until_time_pa
     assert mem.sample_size == size and mem.tokens < 0
     mem.settle(600.0, resident, late=0)
     assert mem.tokens == 5000
+    # a one-off burst (a swapoff brings a whole device back) runs up at most a minute's debt
+    mem.sampled_last, mem.pending_came_back = True, 100_000
+    mem.settle(606.0, resident, late=0)
+    assert mem.tokens == -5000
+    mem.settle(666.0, resident, late=0)
+    assert mem.tokens == 0
 
 
 def test_backoff_grows_twofold_per_return_up_to_its_cap_and_forgets_pages_that_stay_out():

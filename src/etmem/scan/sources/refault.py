@@ -168,7 +168,10 @@ class TargetMemory:
 
         Returns (allowed, came_back): what the budget allowed and what came back since the
         previous scan. The allowance is budget_percent of resident per minute, banked up
-        to one minute's worth; a budget overspent (tokens < 0) pauses the sampling.
+        to one minute's worth; a budget overspent (tokens < 0) pauses the sampling, for at
+        most about a minute: the debt is capped at a minute's allowance, since a one-off
+        burst (a swapoff bringing every page of a device back, one sweep over all memory)
+        says little about the next samples, and the sample size has shrunk for it already.
         """
         came = self.pending_came_back + late
         allowed = 0.0
@@ -177,7 +180,7 @@ class TargetMemory:
             self.sample_size = max(MIN_SAMPLE, resident // FIRST_SAMPLE_SHARE)
         else:
             allowed = per_minute * (now - self.accounted_at) / 60
-            self.tokens = min(self.tokens + allowed, per_minute) - came
+            self.tokens = max(min(self.tokens + allowed, per_minute) - came, -per_minute)
             if self.sampled_last:
                 self.sample_size = next_sample_size(self.sample_size, came, allowed, max(MIN_SAMPLE, resident))
         self.accounted_at = now
