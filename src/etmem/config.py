@@ -433,6 +433,8 @@ class TaskCommon:
     value: str = key(Text(256), help="a pid, or a process name as in /proc/PID/comm (15 characters at most)")
     max_threads: int = key(Int(), 1, help="worker threads per task, clamped to 1..2*nproc+1")
     swap_flag: bool = key(YesNo(), False, help="yes: swap only VMAs the process marked with MADV_SWAPFLAG")
+    allow_init: bool = key(YesNo(), False, help="yes: type=pid value=1 may act on init's tree, every process of the "
+                           "machine but etmemd and its ancestors (refused otherwise)")
 
 
 def check_task_common(spec: TaskCommon) -> list[tuple[str, str]]:

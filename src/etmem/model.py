@@ -262,7 +262,7 @@ class Task:
         self.keys = config.keys
         self.extra = config.extra
         self.view = TaskView(self.name, self.type, self.value, config.keys, config.extra, self.max_threads,
-                             self.swap_flag, engine.project.spec, engine.name)
+                             self.swap_flag, engine.project.spec, engine.name, allow_init=config.common.allow_init)
         self._timer: RoundTimer | None = None
 
     def __repr__(self) -> str:

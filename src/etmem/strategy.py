@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, Callable, ClassVar, Iterator
 
 import attrs
 
+from . import procfs
 from .errors import EtmemError, ObjectError
 from .process import ProcessHandle, resolve_targets
 from .scan import CLAIMS
@@ -37,7 +38,10 @@ class TaskView:
 
     `state` is the engine's own slot for what it remembers between rounds (set it in
     `add_task`, ideally to an attrs class of the engine's). `project` is the project's
-    validated spec (name, loop, sleep, interval, scanner, ...).
+    validated spec (name, loop, sleep, interval, scanner, ...). `target_start` is the
+    start time of the process a type=pid task was configured for (or, if there was none
+    then, the first one its rounds saw): resolving never yields another process of that
+    pid. `allow_init` is the task's allow_init key (pid 1's tree may be targets).
     """
 
     name: str
@@ -52,6 +56,16 @@ class TaskView:
     stats: TaskStats = attrs.field(factory=TaskStats)
     state: Any = None
     started: bool = False
+    allow_init: bool = False
+    target_start: int | None = None
+
+    def __attrs_post_init__(self) -> None:
+        value = str(self.value)
+        if self.type == "pid" and self.target_start is None and value.isascii() and value.isdigit():
+            try:
+                self.target_start = procfs.start_time(int(value))
+            except procfs.ProcError:   # not running yet: the first round that finds it remembers it
+                pass
 
     @property
     def label(self) -> str:
@@ -173,7 +187,8 @@ def held_targets(tasks: list[TaskView], errors: dict | None = None) -> Iterator[
     try:
         for task in tasks:
             try:
-                handles = resolve_targets(task.type, task.value)
+                handles = resolve_targets(task.type, task.value, start_time=task.target_start,
+                                          allow_init=task.allow_init)
             except EtmemError as exc:
                 if errors is None:
                     raise
@@ -184,6 +199,8 @@ def held_targets(tasks: list[TaskView], errors: dict | None = None) -> Iterator[
                 if errors is None:
                     raise EtmemError(message)
                 errors.setdefault(task, []).append(message)
+            if task.type == "pid" and task.target_start is None:
+                task.target_start = next((h.start_time for h in handles if h.pid == int(task.value)), None)
             for handle in handles:
                 ident = (handle.pid, handle.start_time)
                 if ident in seen:
