@@ -11,7 +11,10 @@ from __future__ import annotations
 import json
 import os
 import select
+import signal
 import socket
+import stat
+import subprocess
 import threading
 import time
 
@@ -19,7 +22,7 @@ import pytest
 
 from etmem.cli.client import request
 from etmem.protocol import Command, Request
-from etmemd_harness import Etmemd, install_probe_plugin, probe_config, write_config
+from etmemd_harness import Etmemd, install_probe_plugin, probe_config, script, unique_socket_name, write_config
 
 pytestmark = pytest.mark.usefixtures("need_root")
 
@@ -206,3 +209,72 @@ def test_sigterm_exits_within_the_shutdown_deadline_whatever_connections_are_hel
     log = d.log()
     assert "project p1 stopped" in log and "etmemd stopped" in log
     assert "1 request still running" in log
+
+
+# -- the -m pid file ---------------------------------------------------------------------
+
+def _etmemd_m(name: str, pid_file, *args) -> subprocess.CompletedProcess:
+    return subprocess.run([script("etmemd"), "-s", name, "-m", "--pid-file", str(pid_file), *args],
+                          capture_output=True, text=True, timeout=60)
+
+
+def _stop_pid(pid: int) -> None:
+    """SIGTERM a daemon this test started (its pid read from its own pid file) and wait."""
+    os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                if f.read().rsplit(")", 1)[1].split()[0] == "Z":
+                    return
+        except FileNotFoundError:
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"etmemd {pid} did not stop")
+
+
+def test_a_second_etmemd_m_on_a_socket_in_use_leaves_the_pid_file_alone(tmp_path):
+    """The second one's parent wrote its child's pid over the running daemon's, then
+    deleted the file when that child could not listen."""
+    name = unique_socket_name("pid")
+    pid_file = tmp_path / "etmemd.pid"
+    first = _etmemd_m(name, pid_file)
+    assert first.returncode == 0, first.stderr
+    running = int(pid_file.read_text())
+    before = os.stat(pid_file)
+    try:
+        second = _etmemd_m(name, pid_file)
+        assert second.returncode == 1
+        assert f"socket name {name} is already in use" in second.stderr
+        assert pid_file.read_text() == str(running)
+        after = os.stat(pid_file)
+        assert (after.st_ino, after.st_mtime_ns) == (before.st_ino, before.st_mtime_ns)
+    finally:
+        _stop_pid(running)
+    assert not pid_file.exists()
+
+
+def test_the_pid_file_is_never_written_through_a_symlink(tmp_path):
+    """It was opened O_TRUNC, following symlinks: a link at the pid file's path had its
+    target truncated and rewritten (or created), with root's rights."""
+    victim = tmp_path / "victim"
+    victim.write_text("precious")
+    os.chmod(victim, 0o644)
+    for target in (victim, tmp_path / "created-through-the-link"):
+        name = unique_socket_name("pid")
+        pid_file = tmp_path / "etmemd.pid"
+        pid_file.unlink(missing_ok=True)
+        pid_file.symlink_to(target)
+        started = _etmemd_m(name, pid_file)
+        assert started.returncode == 0, started.stderr
+        try:
+            assert not pid_file.is_symlink()
+            st = os.lstat(pid_file)
+            assert stat.S_ISREG(st.st_mode) and stat.S_IMODE(st.st_mode) == 0o600 and st.st_uid == 0
+            pid = int(pid_file.read_text())
+            assert pid_file.read_text() == str(pid)            # as upstream: no newline
+        finally:
+            _stop_pid(int(pid_file.read_text()))
+        assert victim.read_text() == "precious" and stat.S_IMODE(os.stat(victim).st_mode) == 0o644
+        assert not (tmp_path / "created-through-the-link").exists()
+    assert [p.name for p in tmp_path.iterdir() if "etmemd.pid" in p.name] == []

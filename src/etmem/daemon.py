@@ -156,6 +156,22 @@ def check_config_file(path: str, perms: str = "strict") -> str:
     return decode_config(b"".join(chunks), path)
 
 
+def listening_socket(socket_name: str) -> socket.socket:
+    """A socket bound to abstract name `socket_name` and listening; EtmemError if the
+    name is taken (another etmemd listens there)."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+    try:
+        sock.bind(protocol.socket_address(socket_name))
+    except OSError as e:
+        sock.close()
+        if e.errno == errno.EADDRINUSE:
+            raise EtmemError(f"socket name {socket_name} is already in use "
+                             f"(is another etmemd running?)") from None
+        raise EtmemError(f"cannot bind socket {socket_name}: {e.strerror}") from None
+    sock.listen(LISTEN_BACKLOG)
+    return sock
+
+
 class Daemon:
     """The etmemd server: one listening socket, one thread per connection, one Manager."""
 
@@ -186,19 +202,10 @@ class Daemon:
 
     # -- lifecycle ----------------------------------------------------------------
 
-    def listen(self) -> None:
-        """Bind and listen; EtmemError if the name is taken."""
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
-        try:
-            sock.bind(protocol.socket_address(self.socket_name))
-        except OSError as e:
-            sock.close()
-            if e.errno == errno.EADDRINUSE:
-                raise EtmemError(f"socket name {self.socket_name} is already in use "
-                                 f"(is another etmemd running?)") from None
-            raise EtmemError(f"cannot bind socket {self.socket_name}: {e.strerror}") from None
-        sock.listen(LISTEN_BACKLOG)
-        self._sock = sock
+    def listen(self, sock: socket.socket | None = None) -> None:
+        """Serve on `sock`, from listening_socket(self.socket_name), or bind one now;
+        EtmemError if the name is taken."""
+        self._sock = sock if sock is not None else listening_socket(self.socket_name)
         log.info("listening on abstract socket @%s", self.socket_name)
 
     def serve_forever(self) -> None:

@@ -4,9 +4,11 @@
 (`etmem.daemon`). Logs go to syslog/journald under upstream's ident `[etmemd] `,
 facility user, errors only unless `-l` says otherwise, and to stderr as well when
 running in the foreground. A bad command line is answered on stdout with exit status
-255, as upstream's. With `-m` the process forks: the parent writes the pid file (the
-pid, no newline, mode 0600) and exits once the child listens, as systemd's
-Type=forking expects. SIGTERM or SIGINT stops every project and removes the pid file.
+255, as upstream's. With `-m` the socket is bound first (a second etmemd on a socket in
+use stops there, before touching the pid file), then the process forks: the parent
+writes the pid file (the pid, no newline, mode 0600; a new file renamed into place, so
+no symlink is followed) and exits once the child listens, as systemd's Type=forking
+expects. SIGTERM or SIGINT stops every project and removes the pid file.
 `--metrics [HOST:]PORT` also serves Prometheus metrics over HTTP (etmem.metrics), on
 loopback unless `--metrics-allow-remote` is given.
 """
@@ -17,6 +19,8 @@ import grp
 import logging
 import os
 import signal
+import socket
+import stat
 import sys
 import syslog
 
@@ -178,28 +182,51 @@ def setup_logging(level: int, foreground: bool) -> None:
 
 
 def _write_pid_file(path: str, pid: int) -> None:
-    """The pid as upstream writes it: digits only, no newline, a file of mode 0600."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        os.fchmod(f.fileno(), 0o600)   # an older file keeps its mode through O_CREAT
-        f.write(str(pid))
+    """The pid as upstream writes it: digits only, no newline, a file of mode 0600.
 
-
-def _remove_pid_file(path: str) -> None:
-    """Remove the pid file if it still names this process."""
+    It is written to a new file beside `path` (O_CREAT|O_EXCL|O_NOFOLLOW: no symlink is
+    followed, no existing file opened) and renamed over `path`, which replaces whatever
+    is there, a symlink included, instead of writing through it.
+    """
+    directory, name = os.path.split(os.path.abspath(path))
+    temp = os.path.join(directory, f".{name}.{os.getpid()}.tmp")
+    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
     try:
-        with open(path) as f:
-            if f.read().strip() != str(os.getpid()):
-                return
+        try:
+            os.fchmod(fd, 0o600)   # whatever the umask
+            os.write(fd, str(pid).encode())
+        finally:
+            os.close(fd)
+        os.rename(temp, path)
+    except BaseException:
+        try:
+            os.unlink(temp)
+        except OSError:
+            pass
+        raise
+
+
+def _remove_pid_file(path: str, pid: int) -> None:
+    """Remove the pid file if it is a regular file that still names `pid`."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError:
+        return
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode) or os.read(fd, 32).strip() != str(pid).encode():
+            return
         os.unlink(path)
     except OSError:
         pass
+    finally:
+        os.close(fd)
 
 
-def _fork_for_systemd(pid_file: str) -> int | None:
+def _fork_for_systemd(pid_file: str, listener: socket.socket) -> int | None:
     """Fork. In the parent: write the pid file, wait until the child listens (or dies),
     and return the exit status. In the child: return None, holding the pipe end
-    that `_tell_parent_ready` writes to."""
+    that `_tell_parent_ready` writes to. `listener` is the bound socket the child serves
+    on; the parent lets go of its copy."""
     r, w = os.pipe2(os.O_CLOEXEC)
     pid = os.fork()
     if pid == 0:
@@ -209,6 +236,7 @@ def _fork_for_systemd(pid_file: str) -> int | None:
         _ready_fd = w
         return None
     os.close(w)
+    listener.close()
     try:
         _write_pid_file(pid_file, pid)
     except OSError as e:
@@ -219,10 +247,7 @@ def _fork_for_systemd(pid_file: str) -> int | None:
         ready = pipe.read(1)
     if ready == b"1":
         return 0
-    try:
-        os.unlink(pid_file)
-    except OSError:
-        pass
+    _remove_pid_file(pid_file, pid)
     os.waitpid(pid, 0)
     return 1
 
@@ -244,10 +269,16 @@ def _tell_parent_ready() -> None:
 
 
 def run(o: Options) -> int:
-    from ..daemon import Daemon
+    from ..daemon import Daemon, listening_socket
 
+    listener = None
     if o.systemctl:
-        status = _fork_for_systemd(o.pid_file)
+        try:
+            listener = listening_socket(o.socket_name)   # before the pid file is touched
+        except EtmemError as e:
+            print(f"etmemd: {e}", file=sys.stderr)
+            return 1
+        status = _fork_for_systemd(o.pid_file, listener)
         if status is not None:
             return status
     setup_logging(o.level, foreground=not o.systemctl)
@@ -262,7 +293,7 @@ def run(o: Options) -> int:
             metrics = MetricsServer(manager, *o.metrics)
         daemon = Daemon(o.socket_name, manager, allowed_gids=frozenset(o.allowed_gids),
                         config_perms=o.config_perms)
-        daemon.listen()
+        daemon.listen(listener)
     except EtmemError as e:
         if metrics is not None:
             metrics.close()
@@ -291,7 +322,7 @@ def run(o: Options) -> int:
         if metrics is not None:
             metrics.close()
         if o.systemctl:
-            _remove_pid_file(o.pid_file)
+            _remove_pid_file(o.pid_file, os.getpid())
     return 0
 
 
