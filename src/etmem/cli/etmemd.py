@@ -1,9 +1,10 @@
 """The `etmemd` command: upstream's daemon options, logging and systemd fork mode.
 
 `etmemd -s NAME [-l 0..3] [-m]` serves the `Manager` on abstract socket NAME
-(`etmem.daemon`). Logs go to syslog/journald under upstream's ident `[etmemd] `,
-facility user, errors only unless `-l` says otherwise, and to stderr as well when
-running in the foreground. A bad command line is answered on stdout with exit status
+(`etmem.daemon`). Logs, errors only unless `-l` says otherwise, go to syslog under
+upstream's ident `[etmemd] ` and facility user where there is a /dev/log to take them,
+to stderr in the foreground or under systemd (where journald reads it), and to the file
+of `--log-file`; `log_targets` decides. A bad command line is answered on stdout with exit status
 255, as upstream's. With `-m` the socket is bound first (a second etmemd on a socket in
 use stops there, before touching the pid file), then the process forks: the parent
 writes the pid file (the pid, no newline, mode 0600; a new file renamed into place, so
@@ -23,6 +24,7 @@ import socket
 import stat
 import sys
 import syslog
+from dataclasses import dataclass
 
 from ..errors import EtmemError
 
@@ -43,6 +45,7 @@ etmem for Python options:
                                 root:root with mode 0400 or 0600; relaxed: owned by
                                 root and not writable by group or others
     --pid-file <path>           Pid file written in -m mode (default /run/etmemd.pid)
+    --log-file <path>           Also log to this file (appended to; made with mode 0600)
     --metrics <[host:]port>     Serve Prometheus metrics over HTTP at /metrics (host
                                 default 127.0.0.1; port 0: any free port, logged)
     --metrics-allow-remote      Let --metrics listen on an address other than loopback
@@ -51,6 +54,8 @@ etmem for Python options:
 
 DEFAULT_PID_FILE = "/run/etmemd.pid"
 SYSLOG_IDENT = "[etmemd] "
+#: syslog(3)'s socket; without it (a container, a bare VM) syslog drops every message.
+DEV_LOG = "/dev/log"
 LEVELS = {0: logging.DEBUG, 1: logging.INFO, 2: logging.WARNING, 3: logging.ERROR}
 DEFAULT_LEVEL = 3          # upstream: errors only
 #: Upstream's etmemd returns -1 from main for a bad command line.
@@ -77,6 +82,63 @@ class SyslogHandler(logging.Handler):
             self.handleError(record)
 
 
+@dataclass(frozen=True)
+class LogTargets:
+    """Where etmemd logs: syslog or not; stderr as `terminal` (etmemd: LEVEL: message),
+    as `journal` (<priority>message, which journald reads), or not; a file or not."""
+
+    syslog: bool
+    stderr: str | None
+    file: str | None = None
+
+    @property
+    def nowhere(self) -> bool:
+        return not (self.syslog or self.stderr or self.file)
+
+
+def _stderr_is_journal(environ) -> bool:
+    """systemd connected stderr to the journal: $JOURNAL_STREAM names fd 2's device and inode
+    (a shell started from a service inherits the variable with another stderr)."""
+    stream = environ.get("JOURNAL_STREAM")
+    if not stream:
+        return False
+    try:
+        st = os.fstat(2)
+    except OSError:
+        return False
+    return stream == f"{st.st_dev}:{st.st_ino}"
+
+
+def _is_socket(path: str) -> bool:
+    try:
+        return stat.S_ISSOCK(os.stat(path).st_mode)
+    except OSError:
+        return False
+
+
+def log_targets(foreground: bool, log_file: str | None = None, environ=os.environ,
+                dev_log: str = DEV_LOG) -> LogTargets:
+    """Where to log: syslog where `dev_log` takes it; stderr in the foreground or under
+    systemd ($INVOCATION_ID, or $JOURNAL_STREAM naming stderr); `log_file` as given.
+    When stderr is the journal and syslog is there too, journald would get every line
+    twice, so syslog alone is kept (it has upstream's ident)."""
+    have_syslog = _is_socket(dev_log)
+    if _stderr_is_journal(environ):
+        stderr = None if have_syslog else "journal"
+    elif foreground or environ.get("INVOCATION_ID"):
+        stderr = "terminal"
+    else:
+        stderr = None
+    return LogTargets(have_syslog, stderr, log_file)
+
+
+class _JournalFormatter(logging.Formatter):
+    """sd-daemon(3)'s `<N>` prefix: journald takes the line's priority from it."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return f"<{_SYSLOG_PRIORITY.get(record.levelno, syslog.LOG_INFO)}>{super().format(record)}"
+
+
 class Options:
     def __init__(self) -> None:
         self.socket_name: str | None = None
@@ -87,6 +149,7 @@ class Options:
         self.allowed_gids: set[int] = {0}
         self.config_perms = "strict"
         self.pid_file = DEFAULT_PID_FILE
+        self.log_file: str | None = None
         self.metrics: tuple[str, int] | None = None     # (host, port) of --metrics
         self.metrics_text: str | None = None
         self.metrics_allow_remote = False
@@ -114,7 +177,7 @@ def parse_options(argv: list[str]) -> Options:
 
     try:
         opts, rest = getopt.gnu_getopt(argv, "l:s:mh", [
-            "log-level=", "socket=", "mode-systemctl", "help", "version",
+            "log-level=", "log-file=", "socket=", "mode-systemctl", "help", "version",
             "allow-group=", "config-perms=", "pid-file=", "metrics=", "metrics-allow-remote"])
     except getopt.GetoptError as e:
         raise UsageError(f"parse parameters failed: {e.msg}", show_usage=True) from None
@@ -148,6 +211,10 @@ def parse_options(argv: list[str]) -> Options:
             o.config_perms = value
         elif opt == "--pid-file":
             o.pid_file = value
+        elif opt == "--log-file":
+            if not value:
+                raise UsageError("--log-file needs a file name")
+            o.log_file = os.path.abspath(value)
         elif opt == "--metrics":
             o.metrics_text = value
         elif opt == "--metrics-allow-remote":
@@ -166,19 +233,34 @@ def parse_options(argv: list[str]) -> Options:
     return o
 
 
-def setup_logging(level: int, foreground: bool) -> None:
+def setup_logging(level: int, targets: LogTargets, detaching: bool = False) -> None:
+    """Send the `etmem` loggers' records of `level` and above to `targets`. `detaching`
+    (-m): stderr is about to become /dev/null, so its handler writes to a copy of it.
+    OSError if the log file cannot be opened."""
     logger = logging.getLogger("etmem")
     logger.setLevel(LEVELS[level])
     logger.propagate = False
     for handler in list(logger.handlers):
         logger.removeHandler(handler)
-    handler = SyslogHandler()
-    handler.setFormatter(logging.Formatter("%(message)s"))
-    logger.addHandler(handler)
-    if foreground:
-        stream = logging.StreamHandler(sys.stderr)
-        stream.setFormatter(logging.Formatter("etmemd: %(levelname)s: %(message)s"))
-        logger.addHandler(stream)
+        handler.close()
+    handlers: list[logging.Handler] = []
+    if targets.file:
+        fd = os.open(targets.file, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        file_handler = logging.StreamHandler(os.fdopen(fd, "a", buffering=1))
+        file_handler.setFormatter(logging.Formatter("%(asctime)s etmemd[%(process)d]: %(levelname)s: %(message)s"))
+        handlers.append(file_handler)
+    if targets.syslog:
+        handler = SyslogHandler()
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        handlers.append(handler)
+    if targets.stderr:
+        stream = os.fdopen(os.dup(2), "w", buffering=1) if detaching else sys.stderr
+        stream_handler = logging.StreamHandler(stream)
+        stream_handler.setFormatter(_JournalFormatter("%(message)s") if targets.stderr == "journal"
+                                    else logging.Formatter("etmemd: %(levelname)s: %(message)s"))
+        handlers.append(stream_handler)
+    for handler in handlers:
+        logger.addHandler(handler)
 
 
 def _write_pid_file(path: str, pid: int) -> None:
@@ -281,7 +363,15 @@ def run(o: Options) -> int:
         status = _fork_for_systemd(o.pid_file, listener)
         if status is not None:
             return status
-    setup_logging(o.level, foreground=not o.systemctl)
+    targets = log_targets(foreground=not o.systemctl, log_file=o.log_file)
+    try:
+        setup_logging(o.level, targets, detaching=o.systemctl)
+    except OSError as e:
+        print(f"etmemd: cannot open log file {o.log_file}: {e.strerror}", file=sys.stderr)
+        return 1
+    if o.systemctl and targets.nowhere:
+        print(f"etmemd: warning: nothing will be logged: there is no {DEV_LOG} for syslog and -m "
+              f"leaves no terminal; give --log-file FILE", file=sys.stderr)
     metrics = None
     try:
         from ..model import Manager
@@ -298,7 +388,7 @@ def run(o: Options) -> int:
         if metrics is not None:
             metrics.close()
         log.error("%s", e)
-        if o.systemctl:  # no stderr log handler in this mode; the parent's terminal gets it
+        if not targets.stderr:  # the terminal of -m's parent, or the foreground's, gets it once
             print(f"etmemd: {e}", file=sys.stderr)
         return 1
 
