@@ -71,12 +71,12 @@ def test_budget_first_sample_then_tokens_pause_an_overspent_target_until_time_pa
     allowed, came = mem.settle(12.0, resident, late=0)
     assert mem.sample_size == int(780 * 500 / 5000) and mem.tokens < 0
     # no sample while overspent: the size stays, the tokens come back with time, banked up
-    # to one minute's allowance (5000 pages)
+    # to 15 s of allowance (1250 pages)
     size = mem.sample_size
     mem.settle(60.0, resident, late=0)
     assert mem.sample_size == size and mem.tokens < 0
     mem.settle(600.0, resident, late=0)
-    assert mem.tokens == 5000
+    assert mem.tokens == 1250
     # a one-off burst (a swapoff brings a whole device back) runs up at most a minute's debt
     mem.sampled_last, mem.pending_came_back = True, 100_000
     mem.settle(606.0, resident, late=0)

@@ -33,6 +33,7 @@ FIRST_SAMPLE_SHARE = 256      # the first sample of a target is 1/256 of its res
 BACKOFF_BASE_S = 300.0        # a page that came back is not sampled again for 300 s x 2**(level-1)
 BACKOFF_MAX_LEVEL = 8         # ... at most 300 s x 128 (10.7 h)
 MAX_TARGETS = 1024            # targets remembered across scans; the least recently scanned go first
+BANK_S = 15.0                 # unspent allowance is kept for 15 s worth, so a minute brings back little more than the budget
 
 _VMA_NOT_SAMPLED = frozenset({"lo", "ht", "io", "pf", "dd"})   # locked, hugetlb, device, raw PFN, no-dump
 _KPF_COMPOUND = np.uint64((1 << 15) | (1 << 16))   # /proc/kpageflags COMPOUND_HEAD | COMPOUND_TAIL
@@ -168,7 +169,7 @@ class TargetMemory:
 
         Returns (allowed, came_back): what the budget allowed and what came back since the
         previous scan. The allowance is budget_percent of resident per minute, banked up
-        to one minute's worth; a budget overspent (tokens < 0) pauses the sampling, for at
+        to BANK_S seconds' worth; a budget overspent (tokens < 0) pauses the sampling, for at
         most about a minute: the debt is capped at a minute's allowance, since a one-off
         burst (a swapoff bringing every page of a device back, one sweep over all memory)
         says little about the next samples, and the sample size has shrunk for it already.
@@ -180,7 +181,7 @@ class TargetMemory:
             self.sample_size = max(MIN_SAMPLE, resident // FIRST_SAMPLE_SHARE)
         else:
             allowed = per_minute * (now - self.accounted_at) / 60
-            self.tokens = max(min(self.tokens + allowed, per_minute) - came, -per_minute)
+            self.tokens = max(min(self.tokens + allowed, per_minute * BANK_S / 60) - came, -per_minute)
             if self.sampled_last:
                 self.sample_size = next_sample_size(self.sample_size, came, allowed, max(MIN_SAMPLE, resident))
         self.accounted_at = now
