@@ -26,12 +26,12 @@ import threading
 import attrs
 
 from ..config import Name, Text, file_type, key
-from ..errors import EtmemError, LegacyLoadError, ObjectError
+from ..errors import EtmemError, LegacyLoadError, ObjectError, ProtocolError
 from ..hookspecs import hookimpl
 from ..process import resolve_targets
 from ..scan import CLAIMS
 from ..strategy import Strategy
-from .legacy_host import Wire, WireError
+from .legacy_host import Wire
 
 log = logging.getLogger("etmem.legacy")
 
@@ -263,7 +263,7 @@ class Helper:
                 self._let_go = True
             self.replies.put(message)
         else:
-            raise WireError(f"a message of unknown kind ({', '.join(sorted(message))})")
+            raise ProtocolError(f"a message of unknown kind ({', '.join(sorted(message))})")
 
     def _end(self) -> None:
         for claim in self._claims.values():

@@ -24,7 +24,7 @@ import struct
 import sys
 import threading
 
-from ..errors import EtmemError, LegacyLoadError
+from ..errors import EtmemError, LegacyLoadError, ProtocolError
 from . import legacy_abi as abi
 
 log = logging.getLogger("etmem.legacy")
@@ -34,10 +34,6 @@ _LENGTH = struct.Struct("!I")
 MAX_MESSAGE = 64 << 20
 MAX_FDS = 4
 CLAIM_WAIT = 10.0   # seconds a page pass waits for etmemd to grant a scan claim
-
-
-class WireError(EtmemError):
-    """A message on a helper's socket that does not follow the framing."""
 
 
 class Wire:
@@ -68,13 +64,13 @@ class Wire:
             if len(self._buf) >= _LENGTH.size:
                 (size,) = _LENGTH.unpack_from(self._buf)
                 if size > MAX_MESSAGE:
-                    raise WireError(f"a message of {size} bytes (at most {MAX_MESSAGE})")
+                    raise ProtocolError(f"a message of {size} bytes (at most {MAX_MESSAGE})")
                 end = _LENGTH.size + size
                 if len(self._buf) >= end:
                     message = json.loads(bytes(self._buf[_LENGTH.size:end]))
                     del self._buf[:end]
                     if not isinstance(message, dict):
-                        raise WireError(f"a message that is not an object: {message!r:.80}")
+                        raise ProtocolError(f"a message that is not an object: {message!r:.80}")
                     return message
             if until is not None and self.sock not in select.select([self.sock, until], [], [])[0]:
                 return None   # the process has ended; a child it forked may still hold its socket
@@ -87,7 +83,7 @@ class Wire:
                     self.fds.extend(received)
             if not data:
                 if self._buf:
-                    raise WireError("the connection closed in the middle of a message")
+                    raise ProtocolError("the connection closed in the middle of a message")
                 return None
             self._buf += data
 
@@ -321,7 +317,7 @@ class HostEngine:
 
     def command(self, req: dict) -> dict:
         if not self.wire.fds:
-            raise WireError("a command request came without its output descriptor")
+            raise ProtocolError("a command request came without its output descriptor")
         fd = self.wire.fds.popleft()
         try:
             task = self.tasks.get(req["task"]) if req["task"] is not None else None
@@ -456,7 +452,7 @@ def serve(wire: Wire, engine: HostEngine) -> None:
         try:
             handler = HANDLERS.get(op)
             if handler is None:
-                raise WireError(f"an unknown request {op!r}")
+                raise ProtocolError(f"an unknown request {op!r}")
             if engine.project is not None:
                 engine.project.update(engine, req["engs"], req["start"])
             answer({"reply": handler(engine, req)})
