@@ -4,17 +4,23 @@ exit status, while etmemd and another project's C engine run on (each C engine r
 a helper process of its own, tests/c/misbehaving_engine.c has the bad engines)."""
 from __future__ import annotations
 
+import collections
 import json
 import os
 import re
 import signal
+import socket
+import struct
+import subprocess
+import threading
 import time
 from pathlib import Path
 
 import pytest
 
 from etmem.engines import legacy_abi as abi
-from etmem.errors import EtmemError
+from etmem.engines.legacy_host import MAX_MESSAGE, Wire
+from etmem.errors import EtmemError, ProtocolError
 from etmem.model import Manager
 from etmem.scan import CLAIMS
 from etmemd_harness import Etmemd, write_config
@@ -278,3 +284,46 @@ def test_a_bad_call_timeout_is_named(libs, target, monkeypatch):
     monkeypatch.setenv("ETMEM_LEGACY_CALL_TIMEOUT", "soon")
     with pytest.raises(EtmemError, match="ETMEM_LEGACY_CALL_TIMEOUT=soon: must be a number of seconds above 0"):
         Manager().add_text(thirdparty_config(libs["full"], "full_ops", target, engine_keys="log_file=/dev/null"))
+
+
+def test_the_wire_between_etmemd_and_a_helper():
+    ours, theirs = socket.socketpair()
+    a, b = Wire(ours), Wire(theirs)
+    read_fd, write_fd = os.pipe()
+    sender = threading.Thread(target=lambda: [a.send({"op": "command", "cmd": "ü" * 70000}, [write_fd]),
+                                              a.send({"at": "eng_mgt_func"})])
+    sender.start()   # the first message is longer than the socket holds
+    assert b.receive() == {"op": "command", "cmd": "ü" * 70000}
+    assert b.receive() == {"at": "eng_mgt_func"}
+    sender.join()
+    os.close(write_fd)
+    (passed,) = b.fds
+    os.write(passed, b"through")
+    assert os.read(read_fd, 16) == b"through"
+
+    ours.sendall(struct.pack("!I", MAX_MESSAGE + 1))
+    with pytest.raises(ProtocolError, match=f"a message of {MAX_MESSAGE + 1} bytes"):
+        b.receive()
+    b._buf.clear()
+    ours.sendall(struct.pack("!I", 2) + b"[]")
+    with pytest.raises(ProtocolError, match="a message that is not an object"):
+        b.receive()
+    ours.sendall(struct.pack("!I", 10) + b"{")
+    ours.close()
+    with pytest.raises(ProtocolError, match="closed in the middle of a message"):
+        b.receive()
+    b.close()
+    os.close(read_fd)
+    assert b.fds == collections.deque() and b.sock.fileno() == -1
+
+    # a process's end ends its wire too, even while another holds its socket
+    ours, theirs = socket.socketpair()
+    child = subprocess.Popen(["sleep", "0.2"])
+    pidfd = os.pidfd_open(child.pid)
+    try:
+        assert Wire(theirs).receive(until=pidfd) is None
+    finally:
+        os.close(pidfd)
+        child.wait()
+        ours.close()
+        theirs.close()
