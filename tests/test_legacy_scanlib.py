@@ -190,8 +190,8 @@ def test_upstreams_scan_library_rules_hold_in_a_plain_c_program(programs, steady
 def test_a_plain_c_program_scans_as_etmemd_does(lib, programs, steady, request):
     """The same process scanned by a C program on its own and, a moment later, through
     etmemd's backend for a project with scanner=smaps (the source the library picks on
-    this kernel): the same VMAs and the same pages with the same counts (the target's use
-    of its memory never changes; each pass clears what it reads)."""
+    this kernel): the same VMAs, the same pages, and the same counts in the target's hot and
+    cold regions (whose use never changes; each pass clears what it reads)."""
     pid, hot, cold = steady
     pid_text = str(pid).encode()
     scan = abi.scan_library()
@@ -224,7 +224,11 @@ def test_a_plain_c_program_scans_as_etmemd_does(lib, programs, steady, request):
     time.sleep(0.3)
     etmemd_vmas, etmemd = in_etmemd()
     assert alone_vmas == etmemd_vmas and hot in alone_vmas and cold in alone_vmas
-    assert alone == etmemd
+    # the same pages everywhere; the same counts in the regions whose use the test controls
+    # (the target's small TLS and stack mappings are touched now and then: their counts may differ)
+    assert [(a, s) for a, _, s in alone] == [(a, s) for a, _, s in etmemd]
+    controlled = [(hot[0] <= a < hot[1]) or (cold[0] <= a < cold[1]) for a, _, _ in alone]
+    assert [p for p, keep in zip(alone, controlled) if keep] == [p for p, keep in zip(etmemd, controlled) if keep]
     in_hot = [c for a, c, _ in alone if hot[0] <= a < hot[1]]
     in_cold = [c for a, c, _ in alone if cold[0] <= a < cold[1]]
     assert len(in_hot) == len(in_cold) == scanlib_programs.REGION // 4096
