@@ -24,7 +24,7 @@ BLOCKS = [b for b in docblocks.all_blocks() if b.doc.startswith("docs/") and b.l
 COMMANDS = {"etmem", "etmemd", "sudo", "python", "python3", "pip", "pip3", "vng", "apt-get", "apt", "dnf",
             "systemctl", "journalctl", "systemd-analyze", "cc", "gcc", "make", "mkswap", "swapon", "swapoff",
             "echo", "cat", "mkdir", "cp", "sed", "tar", "modprobe", "export", "cd", "git", "chown", "chmod",
-            "printf", "ls", "kill", "rm", "curl", "dpkg-deb"}
+            "printf", "ls", "kill", "rm", "curl", "dpkg-deb", "install"}
 
 
 @pytest.mark.parametrize("block", BLOCKS, ids=[f"{b.doc}:{b.line}" for b in BLOCKS])

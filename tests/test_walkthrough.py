@@ -1,17 +1,23 @@
-"""A newcomer's first session with etmemd, on any Linux: what the daemon says when the
-example config is refused, why a round did nothing, and that a plugin installed while
-etmemd runs needs a restart, each against a real etmemd (etmemd_harness)."""
+"""A newcomer's first session with etmemd, on any Linux: the walkthroughs of README.md and
+docs/cli.md run as written, what the daemon says when the example config is refused, why a
+round did nothing, and that a plugin installed while etmemd runs needs a restart, each
+against a real etmemd (etmemd_harness)."""
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
+import signal
+import subprocess
 import time
 from pathlib import Path
 
 import pytest
 
-from etmemd_harness import Etmemd, install_probe_plugin, probe_config, write_config
+import docblocks
+from etmem import procfs
+from etmemd_harness import Etmemd, install_probe_plugin, probe_config, script, unique_socket_name, write_config
 
 pytestmark = pytest.mark.usefixtures("need_root")
 
@@ -24,6 +30,136 @@ def daemon(tmp_path):
     d = Etmemd(tmp_path).start()
     yield d
     assert d.stop() == 0, d.log()
+
+
+# -- the walkthroughs, as written ----------------------------------------------------------
+
+class Session:
+    """Where a walkthrough runs: a mount and network namespace of its own, whose /etc is an
+    overlay with its changes in a temporary directory (the walkthrough installs into
+    /etc/etmem) and whose abstract sockets are private (`etmemd_socket` is free whatever runs
+    here). Where namespaces cannot be made, the blocks run here with the socket name and
+    /etc/etmem/ replaced by names of the test's own."""
+
+    def __init__(self, tmp_path: Path):
+        self.env = dict(os.environ, PATH=os.pathsep.join([str(Path(script("etmem")).parent),
+                                                          os.environ.get("PATH", "")]))
+        upper, work = tmp_path / "etc-upper", tmp_path / "etc-work"
+        upper.mkdir()
+        work.mkdir()
+        mount = f"mount -t overlay overlay -o lowerdir=/etc,upperdir={upper},workdir={work} /etc"
+        self.holder = subprocess.Popen(["unshare", "--mount", "--net", "--propagation", "private", "--", "sh", "-c",
+                                        f"{mount} && echo ready && exec sleep 3600"],
+                                       stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        self.isolated = self.holder.stdout.readline() == "ready\n"
+        if not self.isolated:
+            self.holder.wait()
+            self.holder = None
+            self.replacements = {"etmemd_socket": unique_socket_name("walk"), "/etc/etmem/": f"{tmp_path}/etc/etmem/"}
+        self.config_dir = upper / "etmem" if self.isolated else tmp_path / "etc" / "etmem"
+
+    def argv(self, text: str) -> list[str]:
+        """bash running `text`, in the session's namespaces."""
+        if not self.isolated:
+            for old, new in self.replacements.items():
+                text = text.replace(old, new)
+        # setns() into a mount namespace moves to its root directory: --wd comes back to the checkout
+        enter = ["nsenter", "-t", str(self.holder.pid), "-m", "-n", f"--wd={ROOT}", "--"] if self.isolated else []
+        return [*enter, "bash", "-e", "-c", text]
+
+    def run(self, text: str) -> subprocess.CompletedProcess:
+        return subprocess.run(self.argv(text), capture_output=True, text=True, cwd=ROOT, env=self.env, timeout=120)
+
+    def close(self) -> None:
+        if self.holder is not None:
+            self.holder.kill()
+            self.holder.wait()
+
+
+@pytest.fixture
+def session(tmp_path):
+    s = Session(tmp_path)
+    yield s
+    s.close()
+
+
+#: The ```sh blocks of each walkthrough, in order.
+WALKTHROUGHS = {
+    "README.md": lambda: docblocks.runnable("README.md", "tests/test_walkthrough.py"),
+    "docs/cli.md": lambda: docblocks.runnable("docs/cli.md", "tests/test_walkthrough.py"),
+}
+
+
+def walk(doc: str, session: Session, log_path: Path) -> list[tuple[str, subprocess.CompletedProcess]]:
+    """Run the walkthrough of `doc`: its first block (etmemd) in the background, as in a
+    terminal of its own, then each other block in turn, as typed in a second terminal;
+    before `project show` the project has had its first round, as it has for a reader.
+    Returns each block's text and result, and stops etmemd as Ctrl-C does."""
+    daemon_block, *blocks = WALKTHROUGHS[doc]()
+    assert daemon_block.text.startswith("etmemd ") and daemon_block.text.count("\n") == 1, daemon_block
+    with open(log_path, "w") as log:
+        daemon = subprocess.Popen(session.argv("exec " + daemon_block.text), stdout=log, stderr=subprocess.STDOUT,
+                                  cwd=ROOT, env=session.env)
+    try:
+        deadline = time.monotonic() + 30
+        while "etmemd started" not in log_path.read_text():
+            assert daemon.poll() is None and time.monotonic() < deadline, log_path.read_text()
+            time.sleep(0.05)
+        results = []
+        for block in blocks:
+            if block.text.startswith("etmem project show"):
+                wait_for_a_round(session)
+            result = session.run(block.text)
+            assert (result.returncode, result.stderr) == (0, ""), (doc, block.line, result, log_path.read_text())
+            results.append((block.text, result))
+    finally:
+        daemon.send_signal(signal.SIGINT)
+        status = daemon.wait(30)
+    assert status == 0, log_path.read_text()
+    return results
+
+
+def wait_for_a_round(session: Session, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        shown = session.run("etmem project show -n web -o json -s etmemd_socket")
+        if json.loads(shown.stdout)[0]["tasks"][0]["stats"]["rounds"] >= 1:
+            return
+        assert time.monotonic() < deadline, shown.stdout
+        time.sleep(0.2)
+
+
+#: What an idle machine's `project show -v` says held the example's round back.
+IDLE_REASONS = re.compile(r"^  (skipped +free memory is \d+% of total, not below sysmem_threshold=80%: nothing to do"
+                          r"|last_error +no process named nginx is running)$", re.M)
+UPSTREAM_TABLE = ("project: web\n"
+                  "number   type     value            name             engine           started \n"
+                  "1        name     nginx            nginx_workers    slide            true    \n")
+
+
+@pytest.fixture
+def no_nginx():
+    if procfs.pids_by_comm("nginx"):
+        pytest.skip("a process named nginx runs here: the walkthrough's project would swap its pages out")
+
+
+@pytest.mark.parametrize("doc", sorted(WALKTHROUGHS))
+def test_the_walkthrough_runs_as_written_and_says_why_the_idle_example_does_nothing(doc, session, no_nginx,
+                                                                                     tmp_path):
+    had_etc_etmem = os.path.exists("/etc/etmem")
+    results = walk(doc, session, tmp_path / "etmemd.log")
+    (show,) = [r.stdout for text, r in results if "etmem project show -v" in text]
+    assert show.startswith(UPSTREAM_TABLE + "\nstats of task nginx_workers (engine slide):\n"), show
+    if doc == "docs/cli.md":            # shown after the first round, as the page does
+        assert IDLE_REASONS.search(show), show
+        sample = next(b.text for b in docblocks.blocks(ROOT / doc) if b.lang == "text" and "nginx_workers" in b.text)
+        assert sample.startswith(UPSTREAM_TABLE), sample
+        assert IDLE_REASONS.search(sample), sample
+    installed = session.config_dir / "slide.conf"
+    assert installed.read_text() == EXAMPLE.read_text() and installed.stat().st_mode & 0o777 == 0o600
+    log = (tmp_path / "etmemd.log").read_text()
+    assert "added project web, engine slide, task nginx_workers" in log and "etmemd stopped" in log, log
+    assert os.path.exists("/etc/etmem") == had_etc_etmem          # the machine's own /etc is untouched
 
 
 def test_the_example_as_git_checks_it_out_is_refused_with_the_chmod_that_fixes_it(daemon, tmp_path):
