@@ -85,7 +85,7 @@ def test_swap_pages_writes_carry_whole_lines_only():
     assert all(len(m) % SWAP_LINE == 0 and len(m) <= SWAP_PAGES_WRITE and m.endswith(b"\n") for m in messages)
     assert len(messages) == -(-1000 // (SWAP_PAGES_WRITE // SWAP_LINE))
     assert [int(x, 16) for x in b"".join(messages).split()] == addrs.tolist()
-    assert result.done == 1000
+    assert result.accepted == 1000
     assert counters.as_dict()["swap_pages"]["calls"] == len(messages)
 
 

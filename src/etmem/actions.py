@@ -48,14 +48,19 @@ _INELIGIBLE_FLAGS = frozenset({"io", "pf", "dd"})   # device I/O, raw PFN maps, 
 class SwapResult:
     """What one swap_out did. Counts are in base pages (PAGE bytes each).
 
-    `requested`: distinct pages asked for; `done`: pages the kernel accepted for
-    reclaim (process_madvise's advised bytes / PAGE, or lines written to swap_pages):
-    a page the kernel could not reclaim (pinned, under writeback) still counts as done.
-    `error` is None, or the one-line reason the action was skipped or stopped.
+    `requested`: distinct pages asked for; `accepted`: pages the kernel took
+    (process_madvise's advised bytes / PAGE, or lines written to swap_pages), which the
+    call counters count too; `done`: pages this call took out of memory, as the target's
+    pagemap shows them (present before; in swap after, or present on another page frame
+    because the process faulted it back in meanwhile), and `pages_out` their addresses.
+    The kernel accepts pages it then leaves in memory (swap full, pages shared with
+    another process, pinned or under writeback): they are in `accepted`, not in `done`. `error` is None, or the one-line reason the action was skipped or stopped.
     """
 
     requested: int = 0
+    accepted: int = 0
     done: int = 0
+    pages_out: np.ndarray = field(default_factory=lambda: np.empty(0, np.uint64))
     skipped_locked: int = 0
     skipped_hugetlb: int = 0
     skipped_outside: int = 0
@@ -250,21 +255,79 @@ def swap_out(target: ProcessHandle, addrs: np.ndarray, sizes: np.ndarray | None 
     result.skipped_hugetlb = _pages(starts[kind == _HUGETLB], ends[kind == _HUGETLB])
     result.skipped_outside = _pages(starts[kind == _OUTSIDE], ends[kind == _OUTSIDE])
     ok = kind == _OK
-    starts, ends = starts[ok], ends[ok]
-    if starts.size:
+    starts, ends = union(starts[ok], ends[ok])
+    pages = page_addresses(starts, ends)
+    if pages.size:
+        before = _pagemap_entries(target, pages)
         if method == "process_madvise":
             _pageout_madvise(target, iovecs(starts, ends), counters, result)
         else:
-            _pageout_swap_pages(target, page_addresses(*union(starts, ends)), counters, result)
-    if result.error is None and result.done:
+            _pageout_swap_pages(target, pages, counters, result)
+        result.pages_out = pages[_left_memory(before, _pagemap_entries(target, pages))]
+        result.done = int(result.pages_out.size)
+    if result.error is None and 0 < result.accepted and result.done < pages.size:
         full = _swap_problem()
         if full:
             result.error = f"{full} (it filled during this swap-out; some pages stayed in memory)"
             _warn(result.error)
-    log.debug("swap_out pid %d via %s: %d of %d pages, skipped %d locked, %d hugetlb, %d outside",
-              target.pid, result.method, result.done, result.requested, result.skipped_locked,
-              result.skipped_hugetlb, result.skipped_outside)
+    log.debug("swap_out pid %d via %s: %d of %d pages (the kernel accepted %d), skipped %d locked, %d hugetlb, "
+              "%d outside", target.pid, result.method, result.done, result.requested, result.accepted,
+              result.skipped_locked, result.skipped_hugetlb, result.skipped_outside)
     return result
+
+
+_PRESENT, _SWAPPED, _PFN = np.uint64(1 << 63), np.uint64(1 << 62), np.uint64((1 << 55) - 1)
+
+
+def _left_memory(before: np.ndarray, after: np.ndarray) -> np.ndarray:
+    """Which pages a swap-out took out of memory, from their pagemap entries before and after.
+
+    A page that was present left if it is in swap now, or present on another page frame: it
+    went out and was faulted back in during the call (a busy page; the refault guard must
+    see it). One on the same frame never left (swap full, shared, pinned). PFNs read as 0
+    without CAP_SYS_ADMIN, and then only the pages still in swap are seen.
+    """
+    was_present = (before & _PRESENT) != 0
+    in_swap = (after & _SWAPPED) != 0
+    pfn_before, pfn_after = before & _PFN, after & _PFN
+    moved = ((after & _PRESENT) != 0) & (pfn_before != pfn_after) & (pfn_before != 0)
+    return was_present & (in_swap | moved)
+
+
+def _pagemap_entries(target: ProcessHandle, pages: np.ndarray) -> np.ndarray:
+    """The target's pagemap entry of each page (sorted addresses); 0 past the end of its map.
+
+    One read per run of the 2 MiB blocks (512 entries) the pages touch, so scattered
+    pages cost a 4 KiB read per block and a range one read. Raises ProcessGone once the
+    target has exited: a read after that would be of its remains or of a namesake.
+    """
+    index = (pages // np.uint64(PAGE)).astype(np.int64)
+    blocks = np.unique(index >> 9)
+    starts_run = np.ones(blocks.size, dtype=bool)
+    starts_run[1:] = np.diff(blocks) != 1
+    first = np.flatnonzero(starts_run)                  # each run of adjacent blocks is one read
+    lengths = np.diff(np.append(first, blocks.size))
+    table = np.zeros(blocks.size * 512, dtype=np.uint64)
+    raw = memoryview(table).cast("B")
+    path = f"/proc/{target.pid}/pagemap"
+    try:
+        with open(path, "rb", buffering=0) as f:
+            for row, count in zip(first.tolist(), lengths.tolist()):
+                f.seek(int(blocks[row]) * 512 * 8)
+                at, end = row * 512 * 8, (row + count) * 512 * 8
+                while at < end:
+                    got = f.readinto(raw[at:end])
+                    if not got:
+                        break
+                    at += got
+    except OSError as exc:
+        if exc.errno in (errno.ESRCH, errno.ENOENT) or not target.alive():   # ESRCH: its memory is gone, it is exiting
+            raise ProcessGone(f"process {target.pid} ({target.comm}) exited during swap-out") from None
+        raise ActionError(f"cannot read {path} to see what was swapped out: {exc.strerror}") from None
+    if not target.alive():
+        raise ProcessGone(f"process {target.pid} ({target.comm}) exited during swap-out")
+    slot = np.searchsorted(blocks, index >> 9) * 512 + (index & 511)
+    return table[slot]
 
 
 _STOP_ERRNOS = {errno.EPERM: "permission denied (swap-out of another process needs CAP_SYS_NICE / root)",
@@ -313,7 +376,6 @@ def _pageout_madvise(target: ProcessHandle, iov: np.ndarray, counters: CallCount
         first = int(lens[pos])
         counters.record("process_madvise", batch_bytes // PAGE, 0, 0, err)
         if err == errno.ESRCH:
-            result.done = done_bytes // PAGE
             raise ProcessGone(f"process {target.pid} ({target.comm}) exited during swap-out")
         if err in _STOP_ERRNOS:
             result.error = f"process_madvise on process {target.pid}: {_STOP_ERRNOS[err]}"
@@ -328,7 +390,7 @@ def _pageout_madvise(target: ProcessHandle, iov: np.ndarray, counters: CallCount
             _warn(result.error)
             break
         pos += 1
-    result.done = done_bytes // PAGE
+    result.accepted += done_bytes // PAGE
 
 
 def _pageout_swap_pages(target: ProcessHandle, pages: np.ndarray, counters: CallCounters, result: SwapResult) -> None:
@@ -369,14 +431,14 @@ def write_swap_lines(fd: int, lines: np.ndarray, counters: CallCounters, result:
         except OSError as exc:
             done = written // SWAP_LINE
             counters.record("swap_pages", len(chunk), done, done * PAGE, exc.errno or 0)
-            result.done += done
+            result.accepted += done
             if exc.errno == errno.ESRCH:
                 raise ProcessGone(f"process {target.pid} ({target.comm}) exited during swap-out") from None
             result.error = f"writing {path}: {exc.strerror}; swap-out stopped"
             _warn(result.error)
             return
         counters.record("swap_pages", len(chunk), len(chunk), len(chunk) * PAGE)
-        result.done += len(chunk)
+        result.accepted += len(chunk)
 
 
 # --- NUMA -------------------------------------------------------------------

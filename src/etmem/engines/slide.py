@@ -184,7 +184,8 @@ class Slide(Strategy):
         out.swapped = result.done
         if result.error:
             out.error = result.error
-        state.swapped[ident] = (addr, size) if result.done else None
+        # only the pages that left: those the kernel kept (swap full, shared) are no refaults
+        state.swapped[ident] = (result.pages_out, np.full(result.done, PAGE, dtype=np.uint64)) if result.done else None
         after = procfs.status(handle.pid)
         out.resident_bytes, out.swapped_bytes = _kb(after.get("VmRSS")) << 10, _kb(after.get("VmSwap")) << 10
         if project.swapcache_high_wmark is not None:
