@@ -164,6 +164,11 @@ class Slide(Strategy):
         out.scan = summarize_scan(refs)
         out.scanned = refs.total_bytes() // PAGE
         out.cold = refs.total_bytes(refs.cold(keys.T)) // PAGE
+        if refs.sampling is not None and not keys.dry_run:
+            # refault: the cold pages are its samples that stayed out; the source paged them
+            # out itself, so slide has nothing left to swap and counts what left memory
+            self._account_samples(task, handle, ident, refs, out)
+            return
         limit = None
         if keys.dram_percent is not None:
             keep = (rss + swapped_bytes) * keys.dram_percent // 100
@@ -188,6 +193,19 @@ class Slide(Strategy):
         state.swapped[ident] = (result.pages_out, np.full(result.done, PAGE, dtype=np.uint64)) if result.done else None
         after = procfs.status(handle.pid)
         out.resident_bytes, out.swapped_bytes = _kb(after.get("VmRSS")) << 10, _kb(after.get("VmSwap")) << 10
+        if project.swapcache_high_wmark is not None:
+            set_swapcache_watermarks(handle, project.swapcache_low_wmark, project.swapcache_high_wmark)
+
+    @staticmethod
+    def _account_samples(task, handle: ProcessHandle, ident, refs, out: TargetResult) -> None:
+        """A refault round: the stayed-out samples (count 0) are this round's swap-out."""
+        stayed = refs.count == 0
+        out.scanned -= refs.total_bytes(stayed) // PAGE   # not resident: out since the sample
+        out.chosen = out.swapped = refs.total_bytes(stayed) // PAGE
+        task.state.swapped[ident] = (refs.addr[stayed], refs.size[stayed]) if out.swapped else None
+        after = procfs.status(handle.pid)
+        out.resident_bytes, out.swapped_bytes = _kb(after.get("VmRSS")) << 10, _kb(after.get("VmSwap")) << 10
+        project = task.project
         if project.swapcache_high_wmark is not None:
             set_swapcache_watermarks(handle, project.swapcache_low_wmark, project.swapcache_high_wmark)
 
