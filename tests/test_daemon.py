@@ -295,3 +295,10 @@ def test_the_checked_file_is_the_file_read(root_file, tmp_path):
     link.symlink_to(root_file)
     with pytest.raises(RequestRefused, match="link.conf"):
         check_config_file(str(link))     # realpath() resolves links first; a link left in is refused
+
+
+def test_config_files_are_never_read_from_proc_sys_or_dev():
+    # /proc/self/status is root-owned and 0444: relaxed rules alone would let etmemd echo it back
+    for path in ("/proc/self/status", "/sys/kernel/mm/transparent_hugepage/enabled", "/dev/null"):
+        with pytest.raises(RequestRefused, match="config files are never read from /proc, /sys or /dev"):
+            check_config_file(path, "relaxed")

@@ -594,7 +594,7 @@ def _not_regular(st: os.stat_result) -> str | None:
     return f"is {file_type(st)}, not a regular file: a config file must be a regular file"
 
 
-def _kernel_tree(real: str, st: os.stat_result) -> str | None:
+def kernel_tree(real: str, st: os.stat_result) -> str | None:
     """The kernel tree `real` is in, by path or by file system (a bind mount of /proc elsewhere)."""
     for tree in KERNEL_TREES:
         if real == tree or real.startswith(tree + "/"):
@@ -625,7 +625,7 @@ def read_config_file(path: str, check: Callable[[str, os.stat_result], None] | N
         raise ConfigError("permission denied", path) from None
     except OSError as exc:
         raise ConfigError(f"cannot read: {exc.strerror}", path) from None
-    tree = _kernel_tree(real, st)
+    tree = kernel_tree(real, st)
     if tree:
         raise ConfigError(f"is under {tree}: config files are never read from /proc, /sys or /dev "
                           f"(kernel and device files, not configuration)", path)

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from . import protocol
-from .config import decode_config
+from .config import decode_config, kernel_tree
 from .errors import Cause, EtmemError, ObjectError, RequestRefused, cause_of
 from .protocol import Command, ProtocolError, Request
 
@@ -118,6 +118,10 @@ def check_config_file(path: str, perms: str = "strict") -> str:
         raise RequestRefused(f"config file {path}: {e.strerror}") from None
     try:
         st = os.fstat(fd)
+        tree = kernel_tree(os.path.realpath(path), st)
+        if tree:   # root-owned and 0400 there too: etmemd would echo its own /proc files back
+            raise RequestRefused(f"config file {path} is under {tree}: config files are never read from "
+                                 "/proc, /sys or /dev (kernel and device files, not configuration)")
         if not stat.S_ISREG(st.st_mode):
             raise RequestRefused(f"config file {path} is not a regular file")
         mode = stat.S_IMODE(st.st_mode)

@@ -437,7 +437,8 @@ class Legacy(Strategy):
     def _resolve(self, task) -> list[int]:
         """The task's processes, ascending (the engine's tk->pids)."""
         try:
-            handles = resolve_targets(task.type, str(task.value))
+            handles = resolve_targets(task.type, str(task.value), start_time=task.target_start,
+                                      allow_init=task.allow_init)
         except EtmemError as exc:
             task.stats.last_error = str(exc)
             log.warning("task %s: %s; the engine starts with no process", task.name, exc)
