@@ -31,7 +31,10 @@ def run_inner(tmp_path: Path, **env: str) -> subprocess.CompletedProcess:
 
 
 def test_vm_tests_skip_with_the_reason_when_virtme_ng_is_missing(tmp_path):
-    inner = run_inner(tmp_path, PATH="/nonexistent")
+    # a kernel image is there (the harness looks for one first), vng is not
+    image = tmp_path / "bzImage"
+    image.write_bytes(b"an image the harness never gets to boot\n")
+    inner = run_inner(tmp_path, PATH="/nonexistent", ETMEM_VM_KERNEL=str(image))
     assert inner.returncode == 0, inner.stdout
     assert "1 skipped" in inner.stdout
     assert "virtme-ng is not installed: `vng` is not on PATH (pip install virtme-ng)" in inner.stdout
@@ -63,10 +66,11 @@ def test_a_guest_that_cannot_boot_fails_the_vm_tests_instead_of_skipping(tmp_pat
 def test_a_guest_past_its_time_limit_is_killed_and_fails_the_vm_tests(tmp_path):
     try:
         vm_harness.check_tools()
-        vm_harness.find_kernel(TESTS.parent)
+        kernel = vm_harness.find_kernel(TESTS.parent)
     except (vm_harness.VmUnavailable, vm_harness.VmBroken) as exc:
         pytest.skip(f"no guest here to time out: {exc}")
-    inner = run_inner(tmp_path, ETMEM_VM_TIMEOUT="3")
+    # the inner project lives in tmp_path, beside no test kernel of its own: name this checkout's
+    inner = run_inner(tmp_path, ETMEM_VM_TIMEOUT="3", ETMEM_VM_KERNEL=str(kernel))
     assert inner.returncode == 1, inner.stdout
     assert "1 failed" in inner.stdout
     assert "the guest did not finish within ETMEM_VM_TIMEOUT=3 s and was killed" in inner.stdout
