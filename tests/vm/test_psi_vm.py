@@ -135,7 +135,9 @@ def test_psi_reclaims_while_pressure_is_low_keeps_every_floor_and_leaves_other_c
             after = cg_a.current()
             assert out.detail["floor"] >= floor, (label, out.detail)
             assert after >= floor - SLACK, f"{label}: {after >> 10} KiB left, below the floor of {floor >> 10} KiB"
-        assert reclaimed > 0, (label, out.detail)
+        # it reclaimed down towards the floor, or the cgroup was at its floor already (the
+        # unreclaimable part counts in it: with the swap room other tests left, that can be all)
+        assert reclaimed > 0 or out.detail["floor"] >= cg_a.current() - SLACK, (label, out.detail)
     _write(f"{root}/{a}/memory.min", "0")
 
     # Nothing of b was reclaimed: no page of it stolen, nothing of it swapped.
