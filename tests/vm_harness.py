@@ -40,8 +40,8 @@ RESULTS = "ETMEM_VM_RESULTS"
 TEST_KERNEL = "bzImage-6.12.117-etmem"
 INSTALLED_KERNELS = "/boot/vmlinuz-6.12*-amd64"  # Debian's, if installed as a host kernel
 _GUEST_UP = re.compile(r"^vm: guest up ([0-9.]+) s", re.M)
-# The group (19 tests, psi and damon engines included) took 12 minutes on this machine while
-# other work loaded both cores; quiet runs take about half that. The guard leaves room for a
+# The group (21 tests, psi and damon engines included) took 12 minutes on this machine while
+# other work loaded both cores; a quiet run took 274 s. The guard leaves room for a
 # loaded machine and still ends a hung guest well inside CI's time.
 DEFAULT_TIMEOUT = 1200
 # Two 1 GiB nodes: room for a 256 MiB workload on each; node 1 has memory but no CPU.
