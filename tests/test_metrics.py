@@ -50,7 +50,11 @@ def test_the_endpoint_serves_every_task_figure_and_its_counters_grow_across_roun
     swapped = task_sample(later, "etmem_task_pages_swapped_total")
     assert swapped == task.stats.pages_swapped and swapped * 4096 >= 0.9 * (w.cold[1] - w.cold[0])
     assert task_sample(later, "etmem_kernel_calls_total", call="process_madvise") >= 1
-    assert task_sample(later, "etmem_kernel_call_pages_total", call="process_madvise", kind="done") == swapped
+    # The call counter counts what the kernel accepted; a page it accepted may still stay in
+    # memory (pinned, or touched during the call), so the task's swapped figure is at most that.
+    accepted = task_sample(later, "etmem_kernel_call_pages_total", call="process_madvise", kind="done")
+    requested = task_sample(later, "etmem_kernel_call_pages_total", call="process_madvise", kind="requested")
+    assert swapped <= accepted <= requested and accepted - swapped <= 0.01 * swapped
     assert task_sample(later, "etmem_task_swapped_bytes") >= swapped * 4096 * 0.99
     assert 8 << 20 <= task_sample(later, "etmem_task_working_set_bytes") < 24 << 20
     assert task_sample(later, "etmem_task_resident_bytes") == task.stats.resident_bytes

@@ -71,7 +71,7 @@ class ManagerCollector:
                                     labels=TASK_LABELS + ("direction",))
         calls = CounterMetricFamily("etmem_kernel_calls", "Kernel calls the task made (process_madvise, move_pages, ...).",
                                     labels=TASK_LABELS + ("call",))
-        call_pages = CounterMetricFamily("etmem_kernel_call_pages", "Pages the task's kernel calls asked for and got done.",
+        call_pages = CounterMetricFamily("etmem_kernel_call_pages", "Pages the task's kernel calls asked for (kind=requested) and the kernel accepted (kind=done).",
                                          labels=TASK_LABELS + ("call", "kind"))
         call_bytes = CounterMetricFamily("etmem_kernel_call_bytes", "Bytes the task's kernel calls covered.",
                                          labels=TASK_LABELS + ("call",))
