@@ -31,7 +31,7 @@ def need_root():
 
 @pytest.fixture(scope="session")
 def zram_swap():
-    """A zram swap device of our own (2 GiB, priority 100), removed at the end."""
+    """A zram swap device of our own (2 GiB, priority 32000: used before the machine's own swap), removed at the end."""
     reason = zram.missing_reason()
     if reason:
         pytest.skip(f"no zram swap device possible: {reason}")
