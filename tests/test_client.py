@@ -220,6 +220,13 @@ def test_group_help_exits_0_and_a_bare_group_exits_234(group):
     assert (bare.returncode, bare.stdout, bare.stderr) == (234, client.HELP[group], "")
 
 
+def test_engine_help_lists_history_with_what_it_prints():
+    notes = etmem("engine", "help").stdout.split("Notes:")[1]
+    (line,) = [n for n in notes.splitlines() if "history" in n]
+    assert line.strip().startswith("7. Every engine's command history: the task's last rounds")
+    assert "JSON" in notes and "etmem report --input" in notes and "without -t every task's" in notes
+
+
 def test_help_lists_every_command_with_one_line_each():
     result = etmem("help")
     assert result.returncode == 0

@@ -80,6 +80,9 @@ Notes:
     4. Engine command must be given.
     5. Engine commands are supported by each engine itself.
     6. cslide engine commands: showtaskpages, showhostpages.
+    7. Every engine's command history: the task's last rounds (what each
+       scanned, found cold and did, or in a dry run would have done) as JSON
+       lines, the format of etmem report --input; without -t every task's.
 """
 
 HELP = {"obj": OBJ_HELP, "project": PROJECT_HELP, "engine": ENGINE_HELP}
