@@ -13,7 +13,7 @@ import threading
 
 import pytest
 
-from etmem import Manager, Project, cgroup, kernel
+from etmem import Manager, Project, cgroup, kernel, report
 from etmem.cgroup import (Cgroup, CgroupGone, Hierarchy, MemoryFigures, MemoryStat, parse_memory_stat,
                           parse_pressure)
 from etmem.config import ConfigError
@@ -528,6 +528,52 @@ def test_project_show_gives_each_cgroups_figures_and_why_a_round_did_nothing(tre
     assert (a["pressure_avg10"], a["pressure_avg60"], a["refaults"]) == (0.0, 0.0, None)
     assert b["reclaimed"] == 0 and "not above the floor of 1048576 KiB" in b["skipped"]
     assert [t["detail"]["cgroup"] for t in stats["last_round"]] == ["isulad/a", "isulad/b"]
+
+
+def test_a_dry_run_reclaims_nothing_and_reports_what_a_real_round_then_reclaims(tree):
+    d = make_cgroup(tree.root, "web", anon=64 * MiB, file=16 * MiB, other=4 * MiB)
+    files = {name: open(os.path.join(d, name)).read() for name in sorted(os.listdir(d))}
+    _, dry = psi_task("dry", cg_dir="web", reclaim_rate=0.25, dry_run="yes")
+    for _ in range(2):
+        (out,) = dry.run_round().last_round
+        assert dry.stats.last_error is None and out.skipped is None and out.dry_run
+        # floor = 0 + unreclaimable 4 MiB; (84 - 4) x 0.25 = 20 MiB, each round, as nothing left
+        assert (out.chosen * PAGE, out.detail["requested"], out.detail["reclaimed"]) == (20 * MiB, 20 * MiB, 0)
+    assert tree.reclaims == [], "memory.reclaim is never written"
+    assert {name: open(os.path.join(d, name)).read() for name in sorted(os.listdir(d))} == files
+    assert dry.stats.pages_chosen * PAGE == 40 * MiB and dry.stats.extra["reclaimed_bytes"] == 0
+    shown = dry.stats.extra["cgroups"]["web"]
+    assert (shown["would_reclaim"], shown["reclaimed"], shown["reclaimed_total"]) == (20 * MiB, 0, 0)
+    (record,) = dry.stats.history.rounds()[-1].targets
+    assert record.dry_run and record.chosen * PAGE == 20 * MiB and record.detail["cgroup"] == "web"
+    assert report.rounds_text(dry.stats.history, last=1).splitlines()[-1] == \
+        "  cgroup web (dry run): current 84 MiB, floor 4 MiB, would reclaim 5,120 pages (20 MiB)"
+
+    _, real = psi_task("real", cg_dir="web", reclaim_rate=0.25)
+    (out,) = real.run_round().last_round
+    assert tree.reclaims == [("web", 20 * MiB)] and out.detail["reclaimed"] == 20 * MiB and not out.dry_run
+    assert "would_reclaim" not in real.stats.extra["cgroups"]["web"]
+    assert report.rounds_text(real.stats.history, last=1).splitlines()[-1] == \
+        "  cgroup web: current 84 MiB, floor 4 MiB, reclaimed 20 MiB of 20 MiB asked"
+
+
+def test_a_dry_runs_rate_and_pressure_rules_are_a_real_runs(tree):
+    d = make_cgroup(tree.root, "web")
+    _, task = psi_task(cg_dir="web", reclaim_rate=0.25, dry_run="yes")
+    for _ in range(GOOD_ROUNDS):
+        (out,) = task.run_round().last_round
+    assert out.detail["rate"] == 0.26, "rounds that would reclaim are good rounds"
+    set_pressure(d, 0.5, 0.5)
+    (out,) = task.run_round().last_round
+    assert out.skipped == "memory pressure 0.50 is not below pressure=0.1"
+    assert out.dry_run and out.chosen == 0 and out.detail["requested"] == 0 and tree.reclaims == []
+
+
+def test_psi_dry_run_takes_yes_or_no_only_with_the_line_of_the_key():
+    cfg = load(PROJECT + TASK + "cg_dir=web\ndry_run=yes\n")
+    assert cfg.tasks[0].keys.dry_run is True
+    err = error_of(PROJECT + TASK + "cg_dir=web\ndry_run=maybe\n")
+    assert str(err).startswith("t.conf:13: [task] dry_run=maybe: must be yes or no"), str(err)
 
 
 def test_a_started_psi_task_runs_rounds_on_the_shared_timer(tree):

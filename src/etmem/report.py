@@ -306,6 +306,12 @@ def rounds_text(history: History, title: str = "", last: int | None = None) -> s
 
 
 def _target_line(t) -> str:
+    if "cgroup" in t.detail and not t.skipped:
+        return _cgroup_line(t)
+    if "scheme" in t.detail:
+        return _scheme_line(t)
+    if t.source == "damon" and t.pid is not None and not t.skipped:
+        return _damon_process_line(t)
     who = f"process {t.pid}" if t.pid is not None else (t.detail.get("cgroup") or "target")
     if t.skipped:
         return f"{who}: skipped: {t.skipped}"
@@ -325,6 +331,36 @@ def _target_line(t) -> str:
     if t.resident_bytes is not None:
         parts.append(f"resident {format_size(t.resident_bytes)}, swapped {format_size(t.swapped_bytes or 0)}")
     line = f"{who}{' (dry run)' if t.dry_run else ''}: " + ", ".join(parts)
+    return line + (f"; error: {t.error}" if t.error else "")
+
+
+def _cgroup_line(t) -> str:
+    """A psi cgroup's round: its size, the floor it keeps, what was (or would be) reclaimed."""
+    d = t.detail
+    parts = [f"current {format_size(d.get('current') or 0)}"]
+    if d.get("floor") is not None:
+        parts.append(f"floor {format_size(d['floor'])}")
+    if t.dry_run:
+        parts.append(f"would reclaim {_pages(t.chosen)}")
+    else:
+        parts.append(f"reclaimed {format_size(d.get('reclaimed') or 0)} of {format_size(d.get('requested') or 0)} asked")
+    line = f"cgroup {d['cgroup']}{' (dry run)' if t.dry_run else ''}: " + ", ".join(parts)
+    return line + (f"; error: {t.error}" if t.error else "")
+
+
+def _scheme_line(t) -> str:
+    """A damon scheme in a dry run: the regions its access pattern matches now, and their bytes."""
+    d = t.detail
+    line = (f"damon scheme {d['scheme']} (dry run): {d.get('regions', 0):,} regions match, "
+            f"would {d.get('action', 'act on')} {_pages(t.chosen)}")
+    return line + (f"; error: {t.error}" if t.error else "")
+
+
+def _damon_process_line(t) -> str:
+    """A process DAMON monitors: the kernel acts on it, so only its memory is shown."""
+    d = t.detail
+    line = (f"process {t.pid}{' (dry run)' if t.dry_run else ''}: resident {format_size((d.get('rss_kb') or 0) << 10)}, "
+            f"swapped {format_size((d.get('swap_kb') or 0) << 10)}")
     return line + (f"; error: {t.error}" if t.error else "")
 
 

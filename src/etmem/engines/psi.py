@@ -5,7 +5,9 @@ glob such as `isulad/*`, a systemd unit, or the cgroup a process runs in) and, p
 cgroup, reads its pressure (PSI) and refaults. While both are low it asks the kernel,
 through `memory.reclaim`, for a share (`reclaim_rate`) of what lies above a floor of
 memory the cgroup keeps; the share grows after good rounds and shrinks after bad ones.
-The floor, the amount and the rate step are pure functions below.
+The floor, the amount and the rate step are pure functions below. With `dry_run=yes` a
+round works out the same amount and reports it (`chosen`, `detail.requested`) without
+writing `memory.reclaim`.
 """
 from __future__ import annotations
 
@@ -22,6 +24,7 @@ from ..errors import EtmemError, ProcError
 from ..hookspecs import hookimpl
 from ..stats import RoundResult, TargetResult
 from ..strategy import Strategy
+from .keys import dry_run_key
 
 log = logging.getLogger("etmem.psi")
 
@@ -77,6 +80,7 @@ class PsiTaskKeys:
     limit_min_bytes: int = key(Size(), 0, help="bytes kept above the unreclaimable memory")
     limit_min_ratio: float = key(Float(0), 0.1, help="share of memory.max always kept (nothing when there is no limit)")
     refault_ratio: float = key(Float(0), 0.25, help="new: no reclaim while more than this share of the last reclaim came back as refaults")
+    dry_run: bool = dry_run_key()
 
 
 @attrs.define
@@ -277,6 +281,7 @@ class Psi(Strategy):
         return list(dict.fromkeys(paths)), None, refused
 
     def _reclaim(self, cgroup: Cgroup, st: CgroupState, keys: PsiTaskKeys, state: PsiState, out: TargetResult) -> None:
+        out.dry_run = keys.dry_run
         pressure = cgroup.pressure()
         figures = cgroup.figures()
         refaults = figures.stat.refaults
@@ -299,7 +304,11 @@ class Psi(Strategy):
         if why_not is None:
             floor = reclaim_floor(figures, keys.limit_min_bytes, keys.limit_min_ratio)
             amount = reclaim_amount(figures.current, floor, st.rate, keys.reclaim_max_bytes)
-            if amount:
+            if amount and keys.dry_run:
+                # counted as the good round a real one would be: the rate moves as it would
+                out.chosen, good = amount // PAGE, True
+                log.info("dry run: would reclaim %d KiB of cgroup %s", amount >> 10, cgroup.name)
+            elif amount:
                 result = cgroup.reclaim(amount)
                 reclaimed, complete, good = result.reclaimed, result.complete, True
                 if reclaimed:
@@ -321,6 +330,8 @@ def _summary(result: TargetResult) -> dict:
     out = {k: result.detail.get(k) for k in keep}
     out["skipped"] = result.skipped
     out["error"] = result.error
+    if result.dry_run:
+        out["would_reclaim"] = result.detail["requested"]
     return out
 
 
