@@ -20,7 +20,10 @@ import time
 
 import pytest
 
+from etmem import Manager, Strategy, hookimpl
 from etmem.cli.client import request
+from etmem.errors import Cause, ObjectError
+from etmem.plugins import Plugins
 from etmem.protocol import Command, Request
 from etmemd_harness import Etmemd, install_probe_plugin, probe_config, script, unique_socket_name, write_config
 
@@ -278,3 +281,285 @@ def test_the_pid_file_is_never_written_through_a_symlink(tmp_path):
         assert victim.read_text() == "precious" and stat.S_IMODE(os.stat(victim).st_mode) == 0o644
         assert not (tmp_path / "created-through-the-link").exists()
     assert [p.name for p in tmp_path.iterdir() if "etmemd.pid" in p.name] == []
+
+
+# -- obj add / obj del and the locks ---------------------------------------------------------
+
+class Gated(Strategy):
+    """A test engine whose construction, add_task, start_task and stop_task each wait at a
+    gate the test holds shut (`Gated.hold("start")`, or for one task `"start:t1"`), and say
+    when they got there (`Gated.reached`); start_task fails for the tasks in `failing`."""
+
+    name = "gated"
+    schedule = "self"
+    gates: dict[str, threading.Event] = {}
+    arrived: dict[str, threading.Event] = {}
+    failing: set[str] = set()
+    stopped: list[str] = []
+
+    @classmethod
+    def hold(cls, *steps: str) -> None:
+        for step in steps:
+            cls.gates[step] = threading.Event()
+            cls.arrived[step] = threading.Event()
+
+    @classmethod
+    def reached(cls, step: str) -> None:
+        assert cls.arrived[step].wait(10), f"{step} was never reached"
+
+    @classmethod
+    def release(cls) -> None:
+        for gate in cls.gates.values():
+            gate.set()
+
+    @classmethod
+    def _pass(cls, step: str, task=None) -> None:
+        for key in (step, f"{step}:{task.name}" if task is not None else None):
+            if key in cls.gates:
+                cls.arrived[key].set()
+                assert cls.gates[key].wait(20), f"{key} was held too long"
+
+    def __init__(self, engine):
+        super().__init__(engine)
+        self._pass("init")
+
+    def add_task(self, task):
+        self._pass("add_task", task)
+
+    def start_task(self, task):
+        self._pass("start", task)
+        if task.name in self.failing:
+            raise ObjectError(f"task {task.name} cannot start", Cause.INVALID)
+
+    def stop_task(self, task):
+        self._pass("stop", task)
+        self.stopped.append(task.name)
+
+
+class GatedPlugin:
+    @hookimpl
+    def etmem_engine_types(self):
+        return [Gated]
+
+
+@pytest.fixture
+def gated():
+    Gated.gates, Gated.arrived, Gated.failing, Gated.stopped = {}, {}, set(), []
+    m = Manager(Plugins(entry_points=False, extra=(GatedPlugin(),)))
+    yield m
+    Gated.release()
+    m.close()
+
+
+def gated_conf(task: str = "t1", task_only: bool = False) -> str:
+    """Project p, its gated engine and a task; or only the task."""
+    head = "[project]\nname=p\nloop=1\ninterval=1\nsleep=1\n\n[engine]\nname=gated\nproject=p\n\n"
+    return ("" if task_only else head) + f"[task]\nproject=p\nengine=gated\nname={task}\ntype=pid\nvalue={os.getpid()}\n"
+
+
+def in_background(fn, *args) -> tuple[threading.Thread, list]:
+    """Run fn(*args) on a thread; the list gets its result or the exception it raised."""
+    out: list = []
+
+    def run():
+        try:
+            out.append(fn(*args))
+        except Exception as exc:
+            out.append(exc)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    return thread, out
+
+
+def answers_within(fn, seconds: float):
+    """fn()'s result (or the exception it raised, raised here) if it comes within
+    `seconds`, else AssertionError; fn goes on in its thread until what blocks it is
+    released."""
+    thread, out = in_background(fn)
+    thread.join(seconds)
+    assert out, f"no answer within {seconds} s"
+    if isinstance(out[0], Exception):
+        raise out[0]
+    return out[0]
+
+
+def test_project_show_answers_while_obj_add_builds_an_engine(gated):
+    """obj add made its engines (a C engine: a helper process and fill_eng_params) under
+    the Manager lock, so `project show` waited for them."""
+    gated.add_text("[project]\nname=other\nloop=1\ninterval=1\nsleep=1\n")
+    Gated.hold("init")
+    adding, result = in_background(gated.add_text, gated_conf())
+    Gated.reached("init")
+    shown = answers_within(gated.show, 1.0)
+    assert [p["name"] for p in shown] == ["other"]          # nothing of the file until it is all in
+    assert answers_within(lambda: gated.show("other"), 1.0)[0]["name"] == "other"
+    Gated.release()
+    adding.join(10)
+    assert result == [["project p", "engine gated", "task t1"]]
+    assert [t["name"] for t in gated.show("p")[0]["tasks"]] == ["t1"]
+
+
+def test_project_show_answers_while_obj_add_starts_a_task_of_a_started_project(gated):
+    gated.add_text(gated_conf())
+    gated.start("p")
+    Gated.hold("start")
+    adding, result = in_background(gated.add_text, gated_conf(task="t2", task_only=True))
+    Gated.reached("start")
+    shown = answers_within(gated.show, 1.0)
+    assert [t["name"] for t in shown[0]["tasks"]] == ["t1", "t2"]
+    Gated.release()
+    adding.join(10)
+    assert result == [["task t2"]]
+    assert all(t["started"] for t in gated.show("p")[0]["tasks"])
+
+
+def test_project_show_answers_while_project_start_starts_a_task_and_obj_add_adds_to_it(gated):
+    """project start held the project's lock through every start_task, and an obj add
+    into that project waited for it holding the Manager lock, so `show` waited too."""
+    gated.add_text(gated_conf())
+    Gated.hold("start:t1", "start:t2")
+    starting, started = in_background(gated.start, "p")
+    Gated.reached("start:t1")
+    adding, result = in_background(gated.add_text, gated_conf(task="t2", task_only=True))
+    Gated.reached("start:t2")          # the task added meanwhile starts by itself
+    assert answers_within(gated.show, 1.0)[0]["started"] is True
+    Gated.release()
+    starting.join(10)
+    adding.join(10)
+    assert (started, result) == ([None], [["task t2"]])
+    assert [t["started"] for t in gated.show("p")[0]["tasks"]] == [True, True]
+
+
+def test_a_start_that_fails_stops_the_project_again(gated):
+    gated.add_text(gated_conf())
+    gated.add_text(gated_conf(task="t2", task_only=True))
+    Gated.failing = {"t2"}
+    with pytest.raises(ObjectError, match="task t2 cannot start"):
+        gated.start("p")
+    shown = gated.show("p")[0]
+    assert shown["started"] is False and [t["started"] for t in shown["tasks"]] == [False, False]
+    assert Gated.stopped == ["t1"]
+    Gated.failing = set()
+    gated.start("p")                   # and it can be started once the cause is gone
+    assert [t["started"] for t in gated.show("p")[0]["tasks"]] == [True, True]
+
+
+def test_a_project_stopped_while_it_starts_leaves_its_other_tasks_unstarted(gated):
+    gated.add_text(gated_conf())
+    gated.add_text(gated_conf(task="t2", task_only=True))
+    Gated.hold("start:t1")
+    starting, started = in_background(gated.start, "p")
+    Gated.reached("start:t1")
+    stopping, stopped = in_background(gated.stop, "p")
+    deadline = time.monotonic() + 10
+    while gated.projects["p"].started:   # the stop has begun; it waits for t1's start to end
+        assert time.monotonic() < deadline, "the stop never began"
+        time.sleep(0.01)
+    Gated.release()
+    starting.join(10)
+    stopping.join(10)
+    assert (started, stopped) == ([None], [None])
+    shown = gated.show("p")[0]
+    assert shown["started"] is False and [t["started"] for t in shown["tasks"]] == [False, False]
+    assert Gated.stopped == ["t1"]     # t2 was never started, so never stopped
+
+
+def test_project_show_answers_while_obj_del_stops_a_task(gated):
+    """A stop that takes long (a C stop_task of 20 s) must not hold what show needs."""
+    text = gated_conf()
+    gated.add_text(text)
+    gated.start("p")
+    Gated.hold("stop")
+    deleting, result = in_background(gated.delete_text, text)
+    Gated.reached("stop")
+    assert answers_within(gated.show, 1.0)[0]["name"] == "p"
+    assert answers_within(lambda: gated.add_text("[project]\nname=q\nloop=1\ninterval=1\nsleep=1\n"), 1.0)
+    Gated.release()
+    deleting.join(10)
+    assert result == [["task t1", "engine gated", "project p"]]
+    assert [p["name"] for p in gated.show()] == ["q"]
+
+
+def test_the_same_names_added_twice_at_once_are_added_once(gated):
+    Gated.hold("init")
+    first, first_result = in_background(gated.add_text, gated_conf())
+    Gated.reached("init")
+    with pytest.raises(ObjectError, match=r"\[project\] project p already exists \(another obj add is adding it\)"):
+        answers_within(lambda: gated.add_text(gated_conf()), 1.0)
+    Gated.release()
+    first.join(10)
+    assert first_result == [["project p", "engine gated", "task t1"]]
+    assert list(gated.projects) == ["p"]
+
+
+def test_an_engine_deleted_while_a_task_is_added_to_it_takes_the_task_with_it(gated):
+    gated.add_text(gated_conf())
+    Gated.hold("add_task")
+    adding, result = in_background(gated.add_text, gated_conf(task="t2", task_only=True))
+    Gated.reached("add_task")
+    assert answers_within(lambda: gated.delete_engine("p", "gated"), 2.0) is None
+    Gated.release()
+    adding.join(10)
+    assert isinstance(result[0], ObjectError) and result[0].cause is Cause.ENGINE_MISSING
+    assert str(result[0]) == ("[task] engine gated of project p was deleted while this file was "
+                              "being added; nothing of the file was added")
+    assert gated.show("p")[0]["tasks"] == []
+
+
+SLOW_PLUGIN = '''
+"""A test engine whose construction waits until the test creates init.gate beside this file."""
+import time
+from pathlib import Path
+
+from etmem.hookspecs import hookimpl
+from etmem.strategy import Strategy
+
+
+class SlowInit(Strategy):
+    name = "slowinit"
+
+    def __init__(self, engine):
+        super().__init__(engine)
+        here = Path(__file__).parent
+        (here / "init.started").touch()
+        deadline = time.monotonic() + 60
+        while not (here / "init.gate").exists() and time.monotonic() < deadline:
+            time.sleep(0.02)
+
+    def run_round(self, task, stop):
+        return None
+
+
+@hookimpl
+def etmem_engine_types():
+    return [SlowInit]
+'''
+
+
+def test_etmemd_answers_project_show_while_obj_add_builds_an_engine(tmp_path, target):
+    plugin = tmp_path / "plugin"
+    info = plugin / "etmem_slowinit-0.1.dist-info"
+    info.mkdir(parents=True)
+    (plugin / "etmem_slowinit.py").write_text(SLOW_PLUGIN)
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: etmem-slowinit\nVersion: 0.1\n")
+    (info / "entry_points.txt").write_text("[etmem]\nslowinit = etmem_slowinit\n")
+    d = Etmemd(tmp_path, plugin_dir=plugin).start()
+    try:
+        conf = write_config(tmp_path / "slow.conf", probe_config("slow", target, engine="slowinit"))
+        adding = subprocess.Popen([script("etmem"), "obj", "add", "-f", str(conf), "-s", d.name],
+                                  stdout=subprocess.PIPE, text=True, env=d.env)
+        deadline = time.monotonic() + 30
+        while not (plugin / "init.started").exists():
+            assert time.monotonic() < deadline, "the engine was never built"
+            time.sleep(0.02)
+        began = time.monotonic()
+        reply = request(d.name, SHOW, send_timeout=5, recv_timeout=5)
+        assert (reply.ok, reply.text) == (True, "no project exists\n\n")
+        assert time.monotonic() - began < 1.0
+        assert adding.poll() is None, "the obj add should still be building its engine"
+    finally:
+        (plugin / "init.gate").touch()
+        assert adding.wait(30) == 0
+        assert d.stop() == 0, d.log()
+    assert "Traceback" not in d.log()

@@ -7,11 +7,17 @@ started tasks run their engine's rounds on the round timer (rounds.py). Engines
 see only the views of the plugin API (strategy.py), never these objects. A few engine
 commands belong to every engine and are answered here before the engine sees them
 (`GENERIC_COMMANDS`: `history`, each task's recent rounds as JSON lines).
+
+Locks guard names and dicts only, never a call into an engine: an engine that takes
+long to build, start or stop (a C engine's helper process, a 20 s stop_task) holds up
+requests for its own objects, never `show` or other projects.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
+from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable
 
 from . import config, history, loader
@@ -55,6 +61,7 @@ class Project:
         self.origin: config.Origin | None = None
         self.shared: dict = {}   # what the engines of this project share (EngineView.shared)
         self.lock = threading.RLock()   # guards the project's engines, their tasks and `started`
+        self._switches = 0              # how many times `started` changed: a failed start undoes only its own
 
     @property
     def name(self) -> str:
@@ -100,27 +107,42 @@ class Project:
         return [t for e in list(self.engines.values()) for t in list(e.tasks.values())]
 
     def start(self) -> None:
-        """Start every task; on a failure the ones already started are stopped again."""
+        """Start every task; on a failure the project is stopped again.
+
+        The project counts as started from the first task on, outside the lock (a C
+        start_task may take its whole call timeout): a task attached meanwhile starts by
+        itself, and a `stop` meanwhile leaves the tasks not yet reached alone.
+        """
         with self.lock:
             if self.started:
                 raise ObjectError(f"project {self.name} is already started", Cause.PROJECT_STARTED)
-            done: list[Task] = []
-            try:
-                for task in self.tasks:
-                    task.start()
-                    done.append(task)
-            except Exception:
-                for task in done:
-                    task.stop()
-                raise
             self.started = True
-            log.info("project %s started (%d tasks)", self.name, len(done))
+            self._switches += 1
+            mine = self._switches
+            tasks = self.tasks
+        started = 0
+        try:
+            for task in tasks:
+                started += task.start_if_project_started()
+        except Exception:
+            with self.lock:
+                undo = self._switches == mine   # else a stop (and maybe a start) came since
+                if undo:
+                    self.started = False
+                    self._switches += 1
+                    tasks = self.tasks
+            if undo:
+                for task in tasks:
+                    _quietly(task.stop)
+            raise
+        log.info("project %s started (%d tasks)", self.name, started)
 
     def stop(self) -> None:
         with self.lock:
             if not self.started:
                 raise ObjectError(f"project {self.name} is not started", Cause.PROJECT_STOPPED)
             self.started = False
+            self._switches += 1
             tasks = self.tasks
         for task in tasks:
             task.stop()
@@ -174,26 +196,40 @@ class Engine:
 
     def attach_task(self, task: "Task") -> None:
         """Make a joined task one of this engine's tasks, and start it if the project runs."""
+        try:
+            self.adopt(task)
+        except ObjectError:
+            _quietly(self.strategy.remove_task, task.view)
+            raise
+        task.start_if_project_started()
+
+    def adopt(self, task: "Task") -> None:
+        """Make a joined task one of this engine's tasks, without starting it."""
         with self.project.lock:
             if task.name in self.tasks:
-                _quietly(self.strategy.remove_task, task.view)
                 raise ObjectError(f"task {task.name} already exists in engine {self.name} of project {self.project.name}",
                                   Cause.TASK_EXISTS)
             self.tasks[task.name] = task
             self.view.tasks.append(task.view)
-            start = self.project.started
-        if start:
-            task.start()
 
     def remove_task(self, name: str) -> None:
-        """Stop the task and take it out of the engine."""
-        task = self.task(name)
-        task.stop()
+        """Stop the task and take it out of the engine. Its name stays taken until the
+        engine has let go of it, so a task added again under that name meets no remnant."""
         with self.project.lock:
-            self.tasks.pop(name, None)
-            if task.view in self.view.tasks:
-                self.view.tasks.remove(task.view)
-        self.strategy.remove_task(task.view)
+            task = self.task(name)
+            if task.leaving:
+                raise ObjectError(f"task {name} of engine {self.name} of project {self.project.name} "
+                                  f"is being deleted already", Cause.TASK_MISSING)
+            task.leaving = True
+        try:
+            task.stop()
+            self.strategy.remove_task(task.view)
+        finally:
+            with self.project.lock:
+                if self.tasks.get(name) is task:
+                    del self.tasks[name]
+                if task.view in self.view.tasks:
+                    self.view.tasks.remove(task.view)
 
     def stop_tasks(self) -> None:
         for task in list(self.tasks.values()):
@@ -264,6 +300,8 @@ class Task:
         self.view = TaskView(self.name, self.type, self.value, config.keys, config.extra, self.max_threads,
                              self.swap_flag, engine.project.spec, engine.name, allow_init=config.common.allow_init)
         self._timer: RoundTimer | None = None
+        self._switch = threading.Lock()   # one start or stop at a time
+        self.leaving = False              # being removed (Engine.remove_task)
 
     def __repr__(self) -> str:
         return f"<Task {self.name} {self.type}={self.value} of {self.engine.name}>"
@@ -281,6 +319,19 @@ class Task:
         return self.view.started
 
     def start(self) -> None:
+        with self._switch:
+            self._start()
+
+    def start_if_project_started(self) -> bool:
+        """Start, unless the project is not (or no longer) started: for a task attached
+        to a project that a `project stop` may be stopping at the same time. True if the
+        task runs now."""
+        with self._switch:
+            if self.project.started:
+                self._start()
+            return self.view.started
+
+    def _start(self) -> None:
         if self.view.started:
             return
         if self.engine.schedule == "self":
@@ -290,13 +341,14 @@ class Task:
         self.view.started = True
 
     def stop(self) -> None:
-        if not self.view.started:
-            return
-        self.view.started = False
-        if self.engine.schedule == "self":
-            self.engine.strategy.stop_task(self.view)
-        else:
-            self.engine.timer_for(self).remove(self.view)
+        with self._switch:
+            if not self.view.started:
+                return
+            self.view.started = False
+            if self.engine.schedule == "self":
+                self.engine.strategy.stop_task(self.view)
+            else:
+                self.engine.timer_for(self).remove(self.view)
 
     def run_round(self, round_fn: Callable | None = None, stop: threading.Event | None = None) -> TaskStats:
         """Run one round now, on the calling thread; errors end up in stats.last_error.
@@ -311,13 +363,16 @@ class Task:
 class Manager:
     """Holds projects: add (from files or Python objects), delete, start, stop, show.
 
-    Thread-safe: the daemon calls it from a thread per client connection.
+    Thread-safe: the daemon calls it from a thread per client connection. The lock
+    guards `projects` and the names an add in progress has taken (`_reserved`); it is
+    never held while an engine is built, started or stopped.
     """
 
     def __init__(self, plugins: Plugins | None = None):
         self.plugins = plugins or default_plugins()
         self.projects: dict[str, Project] = {}
         self._lock = threading.RLock()
+        self._reserved: set[tuple] = set()   # ("project", p), ("engine", p, e), ("task", p, e, t)
 
     def project(self, name: str) -> Project:
         with self._lock:
@@ -331,7 +386,7 @@ class Manager:
     def add(self, project: Project) -> None:
         """Add a project built in Python (with its engines and tasks)."""
         with self._lock:
-            if project.name in self.projects:
+            if project.name in self.projects or ("project", project.name) in self._reserved:
                 raise ObjectError(f"project {project.name} already exists", Cause.PROJECT_EXISTS)
             self.projects[project.name] = project
 
@@ -356,70 +411,130 @@ class Manager:
             return type(e.strategy) if e else None
 
     def add_config(self, cfg: ConfigFile) -> list[str]:
+        """Add what a loaded config file declares, all or nothing; returns what was added.
+
+        Its names are checked and taken under the lock; its engines and tasks are made (a
+        C engine: its helper process, fill_eng_params, fill_task_params) outside it, then
+        attached under it once their parents are known to be still there, and started
+        outside it again.
+        """
         for text in cfg.warnings:
             log.warning("%s", text)
         with self._lock:
-            new_projects: dict[str, Project] = {}
-            new_engines: list[Engine] = []
-            new_tasks: list[Task] = []
+            plan = self._plan(cfg, self._reserved)
+            self._reserved |= plan.names
+        try:
+            new_projects, new_engines, new_tasks = self._build(cfg, plan)
             try:
-                for spec, origin in zip(cfg.projects, cfg.project_origins):
-                    if spec.name in self.projects or spec.name in new_projects:
-                        raise ObjectError(f"{_where(origin)}[project] project {spec.name} already exists",
-                                          Cause.PROJECT_EXISTS)
-                    project = Project(spec=spec, plugins=self.plugins)
-                    new_projects[spec.name] = project
-                engines_by_id: dict[tuple, Engine] = {}
-                for ec in cfg.engines:
-                    project = new_projects.get(ec.project) or self.projects.get(ec.project)
-                    if project is None:
-                        raise ObjectError(f"{_where(ec.origin)}[engine] project {ec.project} does not exist: "
-                                          f"add a [project] group with name={ec.project} first", Cause.PROJECT_MISSING)
-                    if ec.name in project.engines or (ec.project, ec.name) in engines_by_id:
-                        raise ObjectError(f"{_where(ec.origin)}[engine] engine {ec.name} already exists in project {ec.project}",
-                                          Cause.ENGINE_EXISTS)
-                    engine = Engine(project, config=ec)
-                    new_engines.append(engine)
-                    engines_by_id[(ec.project, ec.name)] = engine
-                task_ids = set()
-                for tc in cfg.tasks:
-                    engine = engines_by_id.get((tc.project, tc.engine))
-                    if engine is None:
-                        project = new_projects.get(tc.project) or self.projects.get(tc.project)
-                        if project is None:
-                            raise ObjectError(f"{_where(tc.origin)}[task] project {tc.project} does not exist",
-                                              Cause.PROJECT_MISSING)
-                        engine = project.engines.get(tc.engine)
-                        if engine is None:
-                            raise ObjectError(f"{_where(tc.origin)}[task] engine {tc.engine} does not exist in project {tc.project}: "
-                                              f"add an [engine] group for it first", Cause.ENGINE_MISSING)
-                    ident = (tc.project, tc.engine, tc.name)
-                    if tc.name in engine.tasks or ident in task_ids:
-                        raise ObjectError(f"{_where(tc.origin)}[task] task {tc.name} already exists in engine {tc.engine} of project {tc.project}",
-                                          Cause.TASK_EXISTS)
-                    task_ids.add(ident)
-                    task = Task(engine, config=tc)
-                    engine.join(task)
-                    new_tasks.append(task)
+                with self._lock:
+                    self._attach(cfg, plan, new_projects, new_engines, new_tasks)
             except Exception:
-                for task in new_tasks:
-                    _quietly(task.engine.strategy.remove_task, task.view)
-                for engine in new_engines:
-                    _quietly(engine.close)
+                _discard(new_engines, new_tasks)
                 raise
-            # Everything is valid: attach it all.
-            self.projects.update(new_projects)
+        finally:
+            with self._lock:
+                self._reserved -= plan.names
+        for task in new_tasks:
+            try:
+                task.start_if_project_started()
+            except EtmemError as exc:
+                task.stats.last_error = str(exc)
+                log.error("task %s could not start: %s", task.name, exc)
+        added = [f"project {p}" for p in new_projects] + [f"engine {e.name}" for e in new_engines] + [f"task {t.name}" for t in new_tasks]
+        log.info("added %s", ", ".join(added) or "nothing")
+        return added
+
+    def _plan(self, cfg: ConfigFile, reserved: set[tuple]) -> "_Plan":
+        """Check every name of the file against what exists and what other adds in
+        progress have taken (`reserved`); the plan names the existing projects and
+        engines the file adds to. Called under the lock."""
+        plan = _Plan()
+        for spec, origin in zip(cfg.projects, cfg.project_origins):
+            name = ("project", spec.name)
+            if spec.name in self.projects or name in plan.names or name in reserved:
+                raise ObjectError(f"{_where(origin)}[project] project {spec.name} already exists"
+                                  f"{_BEING_ADDED if name in reserved else ''}", Cause.PROJECT_EXISTS)
+            plan.names.add(name)
+        for ec in cfg.engines:
+            project = self.projects.get(ec.project)
+            if project is None and ("project", ec.project) not in plan.names:
+                raise ObjectError(f"{_where(ec.origin)}[engine] project {ec.project} does not exist: "
+                                  f"add a [project] group with name={ec.project} first", Cause.PROJECT_MISSING)
+            name = ("engine", ec.project, ec.name)
+            if (project is not None and ec.name in project.engines) or name in plan.names or name in reserved:
+                raise ObjectError(f"{_where(ec.origin)}[engine] engine {ec.name} already exists in project {ec.project}"
+                                  f"{_BEING_ADDED if name in reserved else ''}", Cause.ENGINE_EXISTS)
+            plan.names.add(name)
+            if project is not None:
+                plan.projects.setdefault(ec.project, (project, f"{_where(ec.origin)}[engine] "))
+        for tc in cfg.tasks:
+            engine = None
+            if ("engine", tc.project, tc.engine) not in plan.names:
+                project = self.projects.get(tc.project)
+                if project is None and ("project", tc.project) not in plan.names:
+                    raise ObjectError(f"{_where(tc.origin)}[task] project {tc.project} does not exist",
+                                      Cause.PROJECT_MISSING)
+                engine = project.engines.get(tc.engine) if project is not None else None
+                if engine is None:
+                    raise ObjectError(f"{_where(tc.origin)}[task] engine {tc.engine} does not exist in project {tc.project}: "
+                                      f"add an [engine] group for it first", Cause.ENGINE_MISSING)
+                plan.engines.setdefault((tc.project, tc.engine), (engine, f"{_where(tc.origin)}[task] "))
+            name = ("task", tc.project, tc.engine, tc.name)
+            if (engine is not None and tc.name in engine.tasks) or name in plan.names or name in reserved:
+                raise ObjectError(f"{_where(tc.origin)}[task] task {tc.name} already exists in engine {tc.engine} of project {tc.project}"
+                                  f"{_BEING_ADDED if name in reserved else ''}", Cause.TASK_EXISTS)
+            plan.names.add(name)
+        return plan
+
+    def _build(self, cfg: ConfigFile, plan: "_Plan") -> tuple[dict[str, Project], list[Engine], list[Task]]:
+        """Make the file's projects, engines and tasks (the engines take their tasks on),
+        attached to nothing yet; on a failure what was made is released again."""
+        new_projects = {spec.name: Project(spec=spec, plugins=self.plugins) for spec in cfg.projects}
+        new_engines: list[Engine] = []
+        new_tasks: list[Task] = []
+        try:
+            engines_by_id: dict[tuple, Engine] = {}
+            for ec in cfg.engines:
+                project = new_projects.get(ec.project) or plan.projects[ec.project][0]
+                engine = Engine(project, config=ec)
+                new_engines.append(engine)
+                engines_by_id[(ec.project, ec.name)] = engine
+            for tc in cfg.tasks:
+                engine = engines_by_id.get((tc.project, tc.engine)) or plan.engines[(tc.project, tc.engine)][0]
+                task = Task(engine, config=tc)
+                engine.join(task)
+                new_tasks.append(task)
+        except Exception:
+            _discard(new_engines, new_tasks)
+            raise
+        return new_projects, new_engines, new_tasks
+
+    def _attach(self, cfg: ConfigFile, plan: "_Plan", new_projects: dict[str, Project],
+                new_engines: list[Engine], new_tasks: list[Task]) -> None:
+        """Attach what _build made, if the projects and engines it goes into are still
+        there (an obj del may have taken them meanwhile). Called under the lock. The
+        locks of the existing projects it adds to are held too, so nothing the Python
+        API adds to them (Project.add_engine, Engine.add_task) comes between the check
+        and the attaching, and no attaching fails half way."""
+        for name, (project, where) in plan.projects.items():
+            if self.projects.get(name) is not project:
+                raise ObjectError(f"{where}project {name} was deleted while this file was being added; "
+                                  f"nothing of the file was added", Cause.PROJECT_MISSING)
+        for (project_name, engine_name), (engine, where) in plan.engines.items():
+            if self.projects.get(project_name) is not engine.project or engine.project.engines.get(engine_name) is not engine:
+                raise ObjectError(f"{where}engine {engine_name} of project {project_name} was deleted while this "
+                                  f"file was being added; nothing of the file was added", Cause.ENGINE_MISSING)
+        existing = {id(p): p for p, _ in plan.projects.values()}
+        existing.update((id(e.project), e.project) for e, _ in plan.engines.values())
+        with contextlib.ExitStack() as held:
+            for project in existing.values():   # only this thread, holding the Manager lock, takes several
+                held.enter_context(project.lock)
+            self._plan(cfg, self._reserved - plan.names)   # a name taken meanwhile through the Python API
             for engine in new_engines:
                 engine.project.attach_engine(engine)
             for task in new_tasks:
-                try:
-                    task.engine.attach_task(task)
-                except EtmemError as exc:
-                    task.stats.last_error = str(exc)
-                    log.error("task %s could not start: %s", task.name, exc)
-            added = [f"project {p}" for p in new_projects] + [f"engine {e.name}" for e in new_engines] + [f"task {t.name}" for t in new_tasks]
-            log.info("added %s", ", ".join(added) or "nothing")
-            return added
+                task.engine.adopt(task)
+            self.projects.update(new_projects)
 
     # -- deleting -----------------------------------------------------------------
     def delete_file(self, path: str) -> list[str]:
@@ -505,6 +620,29 @@ class Manager:
         for proj in projects:
             if proj.started:
                 _quietly(proj.stop)
+
+
+#: Added to an 'already exists' error when the name is taken by another add in progress.
+_BEING_ADDED = " (another obj add is adding it)"
+
+
+@dataclass
+class _Plan:
+    """What Manager._plan found: the names a file takes, and the existing projects and
+    engines it adds to, each with the 'file:line: [group] ' of the first group naming it."""
+
+    names: set[tuple] = field(default_factory=set)
+    projects: dict[str, tuple[Project, str]] = field(default_factory=dict)
+    engines: dict[tuple[str, str], tuple[Engine, str]] = field(default_factory=dict)
+
+
+def _discard(engines: list[Engine], tasks: list[Task]) -> None:
+    """Release what an add made and did not attach: the tasks the engines took on, the
+    new engines."""
+    for task in tasks:
+        _quietly(task.engine.strategy.remove_task, task.view)
+    for engine in engines:
+        _quietly(engine.close)
 
 
 def _need(group: config.Group, key_name: str) -> str:
