@@ -488,7 +488,8 @@ class DamonSysfs:
     dead pid stops the kdamond (as 6.12 does, the write itself succeeding); off when off is
     EPERM, a command to an off kdamond EINVAL. `counters[(kdamond, scheme)]` is what the
     kernel counted since that kdamond was turned on, `regions[kdamond]` its regions
-    ((start, end, nr_accesses), ...), both set by the test; `alive(pid)` says which
+    ((start, end, nr_accesses) or (start, end, nr_accesses, age), ...), both set by the test,
+    each scheme's `tried_regions` listing those its access pattern matches; `alive(pid)` says which
     processes exist (default: /proc/PID exists). `stores` records every write, in order.
 
         damon = DamonSysfs(tmp_path / "admin")
@@ -659,9 +660,17 @@ class DamonSysfs:
             for s in range(int(self._get(f"{schemes}/nr_schemes"))):
                 base = f"{schemes}/{s}/tried_regions"
                 self._remake(base, 0, None)
-                for i, (start, end, nr) in enumerate(self.regions.get(index, ())):
-                    for name, value in (("start", start), ("end", end), ("nr_accesses", nr), ("age", 0)):
+                matched = [r for r in self.regions.get(index, ()) if self._matches(f"{schemes}/{s}", r)]
+                for i, (start, end, nr, *age) in enumerate(matched):
+                    for name, value in (("start", start), ("end", end), ("nr_accesses", nr), ("age", age[0] if age else 0)):
                         self._put(f"{base}/{i}/{name}", str(value))
+
+    def _matches(self, scheme: str, region: tuple) -> bool:
+        """The kernel lists the regions a scheme's access pattern matches (size, accesses, age)."""
+        start, end, nr, *age = region
+        pattern = f"{scheme}/access_pattern"
+        return all(int(self._get(f"{pattern}/{name}/min")) <= value <= int(self._get(f"{pattern}/{name}/max"))
+                   for name, value in (("sz", end - start), ("nr_accesses", nr), ("age", age[0] if age else 0)))
 
     def targets_exited(self, index: int) -> None:
         """Every target of kdamond `index` exited: the kernel stops it."""

@@ -16,7 +16,7 @@ import uuid
 
 import pytest
 
-from etmem import Manager, damon_sysfs, kernel, scan
+from etmem import Manager, damon_sysfs, kernel, report, scan
 from etmem.damon_sysfs import KDAMONDS, DamonInUse, Kdamond, KdamondSpec, MonitoringAttrs, Scheme
 from etmem.engines.damon import Damon
 from etmem.errors import ConfigError, EtmemError, KernelFeatureMissing
@@ -455,6 +455,71 @@ def test_two_damon_engines_of_a_project_are_two_schemes_of_one_kdamond(damon_tre
     assert [damon_tree.file(f"{CTX}/schemes/{i}/action") for i in range(2)] == ["hugepage", "stat"]
     hot.run_round()
     assert hot.stats.extra["scheme"]["nr_applied"] == 6 + 0, "the hot scheme keeps its totals"
+
+
+# --- dry runs ------------------------------------------------------------------------------------
+
+COLD = "min_acc=0\nmax_acc=2\nmin_age=4\naction=pageout"
+
+
+def test_a_dry_run_installs_its_scheme_as_stat_and_reports_the_regions_it_would_page_out(damon_tree, manager,
+                                                                                       processes):
+    child = processes()
+    manager.add_text(config(keys=COLD, tasks=[("pid", child.pid)]) + "dry_run=yes\n")
+    manager.start("p")
+    f = damon_tree.file
+    scheme = f"{CTX}/schemes/0"
+    assert [f(f"{CTX}/schemes/{i}/action") for i in range(2)] == ["stat", "stat"], "nothing pages out"
+    assert [f(f"{scheme}/access_pattern/{k}/{m}") for k in ("nr_accesses", "age") for m in ("min", "max")] == \
+        ["0", "2", "4", "4294967295"], "the pattern is the pageout scheme's"
+    # matched: the first only (the second is accessed 4 times an aggregation, the third too young)
+    damon_tree.regions[0] = [(0x10000, 0x50000, 0, 10), (0x50000, 0x90000, 4, 10), (0x90000, 0xa0000, 0, 1)]
+    damon_tree.counters[(0, 0)] = {"nr_tried": 5, "sz_tried": 5 << 18}
+    task = manager.project("p").engine("damon").task("t0")
+    task.run_round()
+    assert task.stats.last_error is None and task.stats.pages_swapped == 0
+    process, matched = task.stats.last_round
+    assert process.pid == child.pid and process.dry_run and process.chosen == 0
+    assert (matched.pid, matched.source, matched.dry_run, matched.chosen) == (None, "damon", True, 0x40000 // 4096)
+    assert matched.detail == {"scheme": "damon", "action": "pageout", "regions": 1, "bytes": 0x40000}
+    assert task.stats.extra["scheme"] == {"action": "pageout", "dry_run": True, "nr_tried": 5, "sz_tried": 5 << 18,
+                                          "nr_applied": 0, "sz_applied": 0, "qt_exceeds": 0,
+                                          "matching_regions": 1, "matching_bytes": 0x40000}
+    assert task.stats.extra["kdamond"]["nr_regions"] == 3
+    lines = report.rounds_text(task.stats.history, last=1).splitlines()
+    assert re.fullmatch(rf"  process {child.pid} \(dry run\): resident \d.*, swapped 0 B", lines[-2]), lines
+    assert lines[-1] == "  damon scheme damon (dry run): 1 regions match, would apply pageout to 64 pages (256 KiB)"
+    # a listing with no region at all raced an update (6.12): the last figures stand
+    damon_tree.regions[0] = []
+    task.run_round()
+    assert task.stats.last_round[-1].chosen == 64 and task.stats.extra["kdamond"]["nr_regions"] == 3
+    assert task.stats.targets == 2, "the process and the scheme"
+
+
+def test_a_region_projects_tasks_are_all_dry_runs_or_none(damon_tree, manager, processes):
+    child = processes()
+    text = (config(keys=COLD, tasks=[("pid", child.pid)]) + "dry_run=yes\n"
+            + TASK.format(project="p", engine="damon", name="real", type="pid", value=child.pid))
+    with pytest.raises(ConfigError) as err:
+        manager.add_text(text, "damon.conf")
+    assert str(err.value) == (
+        "[task] dry_run=no: task real of engine damon cannot join task t0 of engine damon (dry_run=yes) in project p: "
+        "the damon engines of a region project share one kdamond, whose schemes act on every task's processes; "
+        "make every task of the project a dry run, or none")
+    assert manager.projects == {}
+    # a second engine's task shares the kdamond as much: refused through the Python API too
+    manager.add_text(config(keys=COLD, tasks=[("pid", child.pid)]))
+    other = manager.project("p").add_engine("damon", eng_name="hot", action="hugepage", min_acc=10)
+    with pytest.raises(ConfigError, match=r"^\[task\] dry_run=yes: task h of engine hot cannot join task t0"):
+        other.add_task("h", "pid", child.pid, dry_run="yes")
+    other.add_task("h", "pid", child.pid)
+    manager.start("p")
+    assert [damon_tree.file(f"{CTX}/schemes/{i}/action") for i in range(3)] == ["pageout", "hugepage", "stat"]
+
+
+def test_a_damon_dry_run_takes_yes_or_no_at_its_line():
+    err = error_of(config(keys=COLD, tasks=[("pid", 1)]) + "dry_run=sure\n")
+    assert str(err).startswith("damon.conf:22: [task] dry_run=sure: must be yes or no"), str(err)
 
 
 # --- turns with the damon source ---------------------------------------------------------------

@@ -168,5 +168,26 @@ def test_dry_run_on_an_engine_without_one_is_refused_not_ignored_nor_handed_on(t
     with pytest.raises(ConfigError) as err:
         manager.add_text(text, "acting.conf")     # a file, where unknown keys are only warnings
     assert str(err.value) == ("acting.conf:17: [task] dry_run=yes: engine acting has no dry run: its tasks act on "
-                              "their targets; remove the key (slide and cslide tasks can observe only)")
+                              "their targets; remove the key (slide, cslide, psi and damon tasks can observe only)")
     assert manager.projects == {}
+
+
+ACTING_ENGINES = {"slide": {"type": "pid", "value": "1", "T": "1"},
+                  "cslide": {"type": "pid", "value": "1"},
+                  "psi": {"cg_dir": "web"},
+                  "damon": {"type": "pid", "value": "1"}}
+
+
+@pytest.mark.parametrize("kind", sorted(ACTING_ENGINES))
+def test_every_engine_that_acts_takes_dry_run_as_one_key_with_one_error(kind):
+    from etmem.loader import build_task
+    from etmem.plugins import Plugins
+
+    strategy = Plugins(entry_points=False).engine_type(kind)
+    values = {"project": "p", "engine": kind, "name": "t", **ACTING_ENGINES[kind]}
+    config, _ = build_task({**values, "dry_run": "yes"}, strategy, None)
+    assert config.keys.dry_run is True
+    assert build_task(values, strategy, None)[0].keys.dry_run is False, "acting is the default"
+    with pytest.raises(ConfigError) as err:
+        build_task({**values, "dry_run": "maybe"}, strategy, None)
+    assert str(err.value) == "[task] dry_run=maybe: must be yes or no"

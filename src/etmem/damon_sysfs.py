@@ -636,6 +636,17 @@ class KdamondSet:
             kd.sysfs.command(kd.index, "update_schemes_tried_regions")
             return kd.sysfs.tried_regions(kd.index, scheme)
 
+    def schemes_regions(self, kd: Kdamond, schemes: range) -> list[list[tuple[int, int, int]]] | None:
+        """The regions each of `schemes` matches now, from one `update_schemes_tried_regions`
+        (so that they agree); None when the kernel cannot say (off, or before 6.2)."""
+        with self._cond:
+            self._need(kd)
+            try:
+                kd.sysfs.command(kd.index, "update_schemes_tried_regions")
+                return [kd.sysfs.tried_regions(kd.index, s) for s in schemes]
+            except OSError:
+                return None
+
     def count_regions(self, kd: Kdamond, scheme: int) -> int | None:
         """How many regions scheme `scheme` matches now; None when the kernel cannot say (off, or before 6.2)."""
         with self._cond:

@@ -267,7 +267,7 @@ def build_task(values: dict, strategy: type[Strategy] | None, project: ProjectSp
         # never ignored nor handed to the engine: one that cannot only observe would act
         errors.append(config._error(origin, "task", "dry_run", values,
                                     f"engine {strategy.name} has no dry run: its tasks act on their targets; "
-                                    "remove the key (slide and cslide tasks can observe only)"))
+                                    "remove the key (slide, cslide, psi and damon tasks can observe only)"))
         extra = {k: v for k, v in extra.items() if k != "dry_run"}
     if extra and not (strategy and strategy.pass_unknown_keys):
         allowed = list(spec_keys(common_cls)) + list(spec_keys(own_cls))

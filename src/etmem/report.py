@@ -352,7 +352,7 @@ def _scheme_line(t) -> str:
     """A damon scheme in a dry run: the regions its access pattern matches now, and their bytes."""
     d = t.detail
     line = (f"damon scheme {d['scheme']} (dry run): {d.get('regions', 0):,} regions match, "
-            f"would {d.get('action', 'act on')} {_pages(t.chosen)}")
+            f"would apply {d.get('action')} to {_pages(t.chosen)}")
     return line + (f"; error: {t.error}" if t.error else "")
 
 

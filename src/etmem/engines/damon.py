@@ -7,6 +7,10 @@ age match it. etmem sets the kdamond up at project start, follows the tasks' pro
 they come and go (a round every max(1 s, update_interval): targets resolved again and
 committed), reads the scheme stats for `project show`, turns the kdamond off at project
 stop and removes it at obj del. docs/damon.md has the keys and how they map to sysfs.
+With `[task] dry_run=yes` the kdamond runs each scheme as `stat` (DAMON only counts the
+regions that match it) and every round reports the bytes of the regions each scheme's
+pattern matches, which its action would be applied to; as the schemes act on every
+process of the project's kdamond, a region project's tasks are all dry runs or none.
 """
 from __future__ import annotations
 
@@ -22,8 +26,10 @@ from ..damon_sysfs import (KDAMONDS, U32_MAX, U64_MAX, AccessPattern, DamonError
 from ..errors import EtmemError, ProcError
 from ..hookspecs import hookimpl
 from ..rounds import RoundTimer
+from ..scan import PAGE
 from ..stats import RoundResult, TargetResult
 from ..strategy import Strategy, held_targets
+from .keys import dry_run_key
 
 log = logging.getLogger("etmem.damon")
 
@@ -65,6 +71,11 @@ class DamonEngineKeys:
     wmark_interval_us: int = key(Int(1), None, help="how often the watermarks are checked, in us (default 1000000)")
 
 
+@attrs.frozen
+class DamonTaskKeys:
+    dry_run: bool = dry_run_key()
+
+
 def scheme_of(keys: DamonEngineKeys) -> Scheme:
     """The DAMOS scheme an engine's keys describe."""
     pattern = AccessPattern(keys.min_size, keys.max_size, keys.min_acc, keys.max_acc, keys.min_age, keys.max_age)
@@ -80,6 +91,17 @@ def scheme_of(keys: DamonEngineKeys) -> Scheme:
     return Scheme(keys.action, pattern, quotas, watermarks, keys.target_nid)
 
 
+def observing(scheme: Scheme) -> Scheme:
+    """The scheme of a dry run: the same pattern, quotas and watermarks, with DAMON's `stat`
+    action, which only counts the regions that match."""
+    return attrs.evolve(scheme, action="stat", target_nid=None)
+
+
+def matching(regions: list) -> tuple[int, int]:
+    """(regions, bytes) of a scheme's tried regions ((start, end, nr_accesses), ...)."""
+    return len(regions), sum(end - start for start, end, _ in regions)
+
+
 def monitoring_attrs(project) -> MonitoringAttrs:
     return MonitoringAttrs(project.sample_interval, project.aggr_interval, project.update_interval,
                            project.min_nr_regions, project.max_nr_regions)
@@ -93,6 +115,7 @@ def round_period(project) -> float:
 class Damon(Strategy):
     name = "damon"
     engine_keys = DamonEngineKeys
+    task_keys = DamonTaskKeys
     instance_key = "eng_name"
     # The kdamond is turned on at project start and off at project stop: the engine starts
     # and stops its project's round timer itself (rounds.RoundTimer, as every engine's).
@@ -154,6 +177,12 @@ class Damon(Strategy):
                            line=origin.line_of(key_name) if origin else None, group="engine",
                            key=key_name, value=None if value is None else str(value))
 
+    def add_task(self, task) -> None:
+        self.kdamond.join_task(task)
+
+    def remove_task(self, task) -> None:
+        self.kdamond.leave_task(task)
+
     def start_task(self, task) -> None:
         self.kdamond.start_task(task)
 
@@ -200,7 +229,9 @@ class ProjectKdamond:
         self.kd: Kdamond | None = None
         self._scheme_engines: list[Damon] = []   # whose scheme each of the kdamond's schemes is
         self.started: list = []         # TaskViews, in the order they started
+        self.joined: list = []          # every task of the project's damon engines (TaskViews)
         self.nr_regions: int | None = None
+        self.matching: dict = {}        # dry run: engine -> (regions, bytes) its pattern matched last
         self.lock = threading.RLock()   # the engines, the tasks and the kdamond
         self.timer = RoundTimer(f"{project.name}-damon", round_period(project), self.run_round, round_finished)
 
@@ -211,9 +242,36 @@ class ProjectKdamond:
             shared = engine.shared["damon"] = cls(engine.project, engine.round_finished)
         return shared
 
+    @property
+    def dry_run(self) -> bool:
+        """The project's tasks only observe (join_task keeps them all dry runs or none)."""
+        return any(t.keys.dry_run for t in self.joined)
+
     def spec(self, targets: tuple = ()) -> KdamondSpec:
-        schemes = tuple(e.scheme for e in self.engines) + (REGION_COUNTER,)
+        dry = self.dry_run
+        schemes = tuple(observing(e.scheme) if dry else e.scheme for e in self.engines) + (REGION_COUNTER,)
         return KdamondSpec(monitoring_attrs(self.project), targets, schemes)
+
+    # -- tasks come and go (obj add / obj del) -----------------------------------------------
+    def join_task(self, task) -> None:
+        """A task joins; refused when its dry_run differs from the project's other tasks':
+        every scheme of the kdamond acts on every task's processes."""
+        with self.lock:
+            other = next((t for t in self.joined if t.keys.dry_run != task.keys.dry_run), None)
+            if other is not None:
+                def yes(t):
+                    return "yes" if t.keys.dry_run else "no"
+                raise ConfigError(f"task {task.name} of engine {task.engine_name} cannot join task {other.name} of "
+                                  f"engine {other.engine_name} (dry_run={yes(other)}) in project {self.project.name}: "
+                                  "the damon engines of a region project share one kdamond, whose schemes act on "
+                                  "every task's processes; make every task of the project a dry run, or none",
+                                  group="task", key="dry_run", value=yes(task))
+            self.joined.append(task)
+
+    def leave_task(self, task) -> None:
+        with self.lock:
+            if task in self.joined:
+                self.joined.remove(task)
 
     # -- engines come and go (obj add / obj del) ----------------------------------------------
     def add_engine(self, engine: Damon) -> None:
@@ -299,7 +357,10 @@ class ProjectKdamond:
                 state = "?"
                 for result in results.values():
                     result.errors.append(str(exc))
-            if state == "on":
+            dry = self.dry_run
+            if state == "on" and dry:
+                self._count_matching()
+            elif state == "on":
                 # 6.12 now and then lists no region at all for a scheme of a running kdamond
                 # (an update that raced the kdamond's own): the last count stands then.
                 self.nr_regions = KDAMONDS.count_regions(self.kd, len(self.engines)) or self.nr_regions
@@ -315,8 +376,33 @@ class ProjectKdamond:
                 if engine is not None:
                     stats = totals[self.engines.index(engine)].as_dict()
                     task.stats.extra["scheme"] = dict(action=engine.scheme.action, **stats)
+                    if dry:
+                        self._report_matching(engine, task, result, state == "on")
                 task.stats.extra["kdamond"] = dict(kdamond)
             return results
+
+    def _count_matching(self) -> None:
+        """Dry run: the regions each engine's scheme matches now, from one listing with the region
+        counter's; a listing whose counter shows no region raced an update, and the last figures stand."""
+        listed = KDAMONDS.schemes_regions(self.kd, range(len(self.engines) + 1))
+        if not listed or not listed[-1]:
+            return
+        self.nr_regions = len(listed[-1])
+        self.matching = {engine: matching(regions) for engine, regions in zip(self.engines, listed)}
+
+    def _report_matching(self, engine: Damon, task, result: RoundResult, on: bool) -> None:
+        """Dry run: the scheme's figures as a target of the round (what its action would be applied
+        to, over every process of the kdamond), its processes marked as observed only."""
+        for out in result.targets:
+            out.dry_run = True
+        task.stats.extra["scheme"]["dry_run"] = True
+        if not on or engine not in self.matching:
+            return
+        regions, nbytes = self.matching[engine]
+        task.stats.extra["scheme"].update(matching_regions=regions, matching_bytes=nbytes)
+        result.targets.append(TargetResult(None, chosen=nbytes // PAGE, source="damon", dry_run=True,
+                                           detail={"scheme": engine.engine.name, "action": engine.scheme.action,
+                                                   "regions": regions, "bytes": nbytes}))
 
     def _engine_of(self, task) -> Damon | None:
         for e in self.engines:
