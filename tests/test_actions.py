@@ -9,6 +9,7 @@ import socket
 import subprocess
 import sys
 import textwrap
+import threading
 
 import numpy as np
 import pytest
@@ -252,6 +253,81 @@ def test_a_range_the_kernel_refuses_is_skipped_alone_and_counted(need_root, zram
     assert swapped[0:8:2].all() and swapped[64:72:2].all()
     assert swapped.sum() == 8
     assert w.verify()
+
+
+def test_a_stop_set_before_swap_out_leaves_every_page_in_memory(need_root, zram_swap, workload_factory):
+    w = workload_factory(total_mb=24, hot_mb=4)
+    s, e = w.cold
+    stop = threading.Event()
+    stop.set()
+    counters = CallCounters()
+    with ProcessHandle.open(w.pid) as h:
+        r = swap_out(h, np.arange(s, e, 2 * PAGE, dtype=U), counters=counters, stop=stop)
+    assert r.stopped and (r.done, r.accepted, r.calls) == (0, 0, 0)
+    assert r.requested == (e - s) // (2 * PAGE)
+    assert r.error == f"swap-out of process {w.pid} stopped early on request: 0 of {r.requested} pages were given to the kernel"
+    assert counters.as_dict() == CallCounters().as_dict()
+    _, swapped = pagemap_bits(w.pid, s, e)
+    assert not swapped.any()
+    assert w.verify()
+
+
+def test_a_stop_during_swap_out_ends_it_between_process_madvise_batches(need_root, zram_swap, workload_factory):
+    """Four batches of IOV_MAX scattered pages; the stop says yes from its third look on
+    (the first is before any work): two batches go out, the other two stay untouched."""
+    w = workload_factory(total_mb=56, hot_mb=8)
+    s, _ = w.cold
+    chosen = np.arange(s, s + 4 * IOV_MAX * 2 * PAGE, 2 * PAGE, dtype=U)   # every other page: one iovec each
+    looks = []
+
+    def stop() -> bool:
+        looks.append(len(looks))
+        return len(looks) > 3
+
+    with ProcessHandle.open(w.pid) as h:
+        r = swap_out(h, chosen, method="process_madvise", stop=stop)
+    assert r.stopped and r.calls == 2 and len(looks) == 4
+    assert r.requested == 4 * IOV_MAX and r.accepted == 2 * IOV_MAX
+    assert r.error == (f"swap-out of process {w.pid} stopped early on request: {2 * IOV_MAX} of "
+                       f"{4 * IOV_MAX} pages were given to the kernel")
+    _, swapped = pagemap_bits(w.pid, s, int(chosen[-1]) + PAGE)
+    assert swapped[::2][:2 * IOV_MAX].all()
+    assert not swapped[::2][2 * IOV_MAX:].any() and not swapped[1::2].any()
+    assert r.done == 2 * IOV_MAX and set(r.pages_out.tolist()) == set(chosen[:2 * IOV_MAX].tolist())
+    assert w.verify()
+
+
+def test_a_stop_ends_swap_pages_writes_between_chunks():
+    reader, writer = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    per_write = SWAP_PAGES_WRITE // SWAP_LINE
+    addrs = np.arange(5 * per_write, dtype=U) * U(PAGE) + U(0x7F0000000000)
+    result, counters = SwapResult(requested=addrs.size), CallCounters()
+    target = ProcessHandle.open(os.getpid())
+
+    def stop() -> bool:   # yes once two writes are done
+        return counters.as_dict().get("swap_pages", {}).get("calls", 0) >= 2
+
+    try:
+        actions.write_swap_lines(writer.fileno(), encode_swap_pages(addrs), counters, result, target, stop)
+        writer.close()
+        messages = []
+        while msg := reader.recv(65536):
+            messages.append(msg)
+    finally:
+        reader.close()
+        target.close()
+    assert len(messages) == 2 and result.stopped
+    assert [int(x, 16) for x in b"".join(messages).split()] == addrs[:2 * per_write].tolist()
+    assert result.accepted == 2 * per_write
+    assert result.error == (f"swap-out of process {os.getpid()} stopped early on request: {2 * per_write} of "
+                            f"{addrs.size} pages were given to the kernel")
+
+
+def test_a_stop_that_is_neither_an_event_nor_callable_is_a_clear_error():
+    with ProcessHandle.open(os.getpid()) as h:
+        with pytest.raises(ActionError, match="swap_out's stop must be a threading.Event or a callable "
+                                              "returning a bool, not int"):
+            swap_out(h, np.array([0x7F0000000000], dtype=U), stop=1)
 
 
 def test_missing_swap_skips_with_one_clear_message(need_root, workload_factory, monkeypatch, caplog):

@@ -119,6 +119,32 @@ def test_slide_swaps_pages_accessed_fewer_than_T_times_with_upstreams_weights(re
     assert w.verify()
 
 
+def test_a_task_stopped_during_its_swap_out_leaves_the_rest_of_it_undone(real, workload_factory, monkeypatch):
+    """The round's stop event reaches swap_out: set as the swap-out begins (as obj del or
+    SIGTERM would), it leaves every chosen page in memory and the round says so."""
+    w = workload_factory(total_mb=48, hot_mb=8)
+    table, emu = emulate(w)
+    manager, task = slide_task(w.pid, "idle_pages", loop=2, T=1, opener=emu.opener)
+    stop = threading.Event()
+    calls = []
+
+    def stopped_as_it_begins(*args, **kwargs):
+        stop.set()
+        result = real_swap_out(*args, **kwargs)
+        calls.append(result)
+        return result
+
+    real_swap_out = slide_module.swap_out
+    monkeypatch.setattr(slide_module, "swap_out", stopped_as_it_begins)
+    with Toucher(table, [w.hot]):
+        task.run_round(stop=stop)
+    assert len(calls) == 1 and calls[0].stopped and calls[0].requested == (w.cold[1] - w.cold[0]) // PAGE
+    assert task.stats.pages_swapped == 0
+    assert "stopped early on request: 0 of" in task.stats.last_error
+    assert swapped_fraction(w.pid, *w.cold) == 0.0
+    assert w.verify()
+
+
 def test_slide_counts_a_write_as_three_accesses(real, workload_factory):
     w = workload_factory(total_mb=24, hot_mb=4)
     table, emu = emulate(w)

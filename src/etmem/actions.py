@@ -16,8 +16,10 @@ import fcntl
 import logging
 import os
 import struct
+import threading
 import time
 from dataclasses import dataclass, field
+from typing import Callable, Union
 
 import numpy as np
 
@@ -54,7 +56,10 @@ class SwapResult:
     pagemap shows them (present before; in swap after, or present on another page frame
     because the process faulted it back in meanwhile), and `pages_out` their addresses.
     The kernel accepts pages it then leaves in memory (swap full, pages shared with
-    another process, pinned or under writeback): they are in `accepted`, not in `done`. `error` is None, or the one-line reason the action was skipped or stopped.
+    another process, pinned or under writeback): they are in `accepted`, not in `done`.
+    `error` is None, or the one-line reason the action was skipped or stopped; `stopped`
+    says the caller's `stop` ended it early (then `error` says after how many pages, and
+    swap_out itself logs nothing: the caller logs it once).
     """
 
     requested: int = 0
@@ -67,6 +72,7 @@ class SwapResult:
     method: str = "none"
     error: str | None = None
     calls: int = 0
+    stopped: bool = False
 
     @property
     def bytes_done(self) -> int:
@@ -189,6 +195,28 @@ def encode_swap_pages(page_addrs: np.ndarray) -> np.ndarray:
 
 # --- swap out ---------------------------------------------------------------
 
+#: What swap_out's `stop` may be: an Event (a task's stop event) or a callable that returns
+#: True once the caller wants the swap-out to end.
+Stop = Union[threading.Event, Callable[[], bool], None]
+
+
+def _stop_test(stop: Stop) -> Callable[[], bool]:
+    if stop is None:
+        return lambda: False
+    if isinstance(stop, threading.Event):
+        return stop.is_set
+    if callable(stop):
+        return stop
+    raise ActionError(f"swap_out's stop must be a threading.Event or a callable returning a bool, "
+                      f"not {type(stop).__name__}")
+
+
+def _stopped(result: SwapResult, target: ProcessHandle, pages: int) -> None:
+    """Record in result that the caller's stop ended the swap-out with `pages` pages sent to the kernel."""
+    result.stopped = True
+    result.error = (f"swap-out of process {target.pid} stopped early on request: {pages} of "
+                    f"{result.requested} pages were given to the kernel")
+
 def _swap_problem() -> str | None:
     devices = procfs.swap_devices()
     if not devices:
@@ -201,7 +229,7 @@ def _swap_problem() -> str | None:
 
 
 def swap_out(target: ProcessHandle, addrs: np.ndarray, sizes: np.ndarray | None = None,
-             counters: CallCounters | None = None, method: str = "auto") -> SwapResult:
+             counters: CallCounters | None = None, method: str = "auto", stop: Stop = None) -> SwapResult:
     """Swap out the pages at `addrs` (each `sizes` bytes, default one page) of `target`.
 
     method: 'auto' (swap_pages where the kernel has it, else process_madvise),
@@ -209,14 +237,24 @@ def swap_out(target: ProcessHandle, addrs: np.ndarray, sizes: np.ndarray | None 
     locked or in hugetlb VMAs are skipped and counted. A missing or full swap, or a
     kernel without the interface, returns a result with `error` set (one log line)
     and does nothing. Raises ProcessGone when the target has exited.
+
+    `stop` (a threading.Event, or a callable returning True) is looked at before the
+    work begins and before every kernel call (IOV_MAX iovecs of process_madvise, or
+    SWAP_PAGES_WRITE bytes of swap_pages): once it is set the rest is left alone and
+    the result has `stopped` set, so stopping a task need not wait for a swap-out of
+    gigabytes.
     """
     if method not in ("auto", "swap_pages", "process_madvise"):
         raise ActionError(f"unknown swap-out method {method!r}: expected auto, swap_pages or process_madvise")
     counters = counters if counters is not None else CallCounters()
+    should_stop = _stop_test(stop)
     target.check()
     starts, ends = _ranges(addrs, sizes)
     result = SwapResult(requested=_pages(starts, ends))
     if result.requested == 0:
+        return result
+    if should_stop():
+        _stopped(result, target, 0)
         return result
 
     if method == "auto":
@@ -260,9 +298,9 @@ def swap_out(target: ProcessHandle, addrs: np.ndarray, sizes: np.ndarray | None 
     if pages.size:
         before = _pagemap_entries(target, pages)
         if method == "process_madvise":
-            _pageout_madvise(target, iovecs(starts, ends), counters, result)
+            _pageout_madvise(target, iovecs(starts, ends), counters, result, should_stop)
         else:
-            _pageout_swap_pages(target, pages, counters, result)
+            _pageout_swap_pages(target, pages, counters, result, should_stop)
         result.pages_out = pages[_left_memory(before, _pagemap_entries(target, pages))]
         result.done = int(result.pages_out.size)
     if result.error is None and 0 < result.accepted and result.done < pages.size:
@@ -335,8 +373,10 @@ _STOP_ERRNOS = {errno.EPERM: "permission denied (swap-out of another process nee
                 errno.ENOSYS: kernel.missing("process_madvise")}
 
 
-def _pageout_madvise(target: ProcessHandle, iov: np.ndarray, counters: CallCounters, result: SwapResult) -> None:
-    """process_madvise(MADV_PAGEOUT) over iov, IOV_MAX entries per call; per-range errors skip that range."""
+def _pageout_madvise(target: ProcessHandle, iov: np.ndarray, counters: CallCounters, result: SwapResult,
+                     should_stop: Callable[[], bool] = lambda: False) -> None:
+    """process_madvise(MADV_PAGEOUT) over iov, IOV_MAX entries per call; per-range errors skip
+    that range; should_stop() before each call ends it early."""
     syscall = libc.syscall
     base = iov.ctypes.data
     lens = iov["len"]
@@ -347,6 +387,9 @@ def _pageout_madvise(target: ProcessHandle, iov: np.ndarray, counters: CallCount
     ends_at = np.zeros(n + 1, dtype=np.uint64)     # ends_at[i]: bytes in the iovecs before i
     np.cumsum(lens, out=ends_at[1:])
     while pos < n:
+        if should_stop():
+            _stopped(result, target, int(ends_at[pos]) // PAGE)
+            break
         count = min(IOV_MAX, n - pos)
         batch_bytes = int(ends_at[pos + count] - ends_at[pos])
         rc = syscall(SYS_process_madvise, target.fd, ctypes.c_void_p(base + pos * IOVEC.itemsize),
@@ -393,7 +436,8 @@ def _pageout_madvise(target: ProcessHandle, iov: np.ndarray, counters: CallCount
     result.accepted += done_bytes // PAGE
 
 
-def _pageout_swap_pages(target: ProcessHandle, pages: np.ndarray, counters: CallCounters, result: SwapResult) -> None:
+def _pageout_swap_pages(target: ProcessHandle, pages: np.ndarray, counters: CallCounters, result: SwapResult,
+                        should_stop: Callable[[], bool] = lambda: False) -> None:
     """Write page addresses to /proc/PID/swap_pages in whole lines per write."""
     path = f"/proc/{target.pid}/swap_pages"
     try:
@@ -407,17 +451,21 @@ def _pageout_swap_pages(target: ProcessHandle, pages: np.ndarray, counters: Call
         # An open /proc/PID file stays bound to the process it was opened for; if that is
         # still ours now, every write below goes to our process.
         target.check()
-        write_swap_lines(fd, encode_swap_pages(pages), counters, result, target)
+        write_swap_lines(fd, encode_swap_pages(pages), counters, result, target, should_stop)
     finally:
         os.close(fd)
 
 
 def write_swap_lines(fd: int, lines: np.ndarray, counters: CallCounters, result: SwapResult,
-                     target: ProcessHandle) -> None:
-    """Write (n, SWAP_LINE) lines to fd, at most SWAP_PAGES_WRITE bytes and only whole lines per write."""
+                     target: ProcessHandle, should_stop: Callable[[], bool] = lambda: False) -> None:
+    """Write (n, SWAP_LINE) lines to fd, at most SWAP_PAGES_WRITE bytes and only whole lines per
+    write; should_stop() before each chunk ends it early."""
     per_write = SWAP_PAGES_WRITE // SWAP_LINE
     path = f"/proc/{target.pid}/swap_pages"
     for first in range(0, len(lines), per_write):
+        if should_stop():
+            _stopped(result, target, first)
+            return
         chunk = np.ascontiguousarray(lines[first:first + per_write])
         data = memoryview(chunk).cast("B")
         written = 0

@@ -185,7 +185,7 @@ class Slide(Strategy):
         if not len(addr):
             state.swapped.pop(ident, None)
             return
-        result = swap_out(handle, addr, size, counters=task.stats.calls)
+        result = swap_out(handle, addr, size, counters=task.stats.calls, stop=stop)
         out.swapped = result.done
         if result.error:
             out.error = result.error

@@ -495,11 +495,13 @@ class RefaultSource(Source):
 
     def _page_out(self, sample: np.ndarray) -> None:
         try:
-            result = swap_out(self.handle, sample, counters=self.counters, method="process_madvise")
+            result = swap_out(self.handle, sample, counters=self.counters, method="process_madvise", stop=self.stop)
         except ProcessGone:
             raise PassEnded(f"process {self.pid} exited while its sample was paged out") from None
         except ActionError as exc:
             raise PassEnded(str(exc)) from None
+        if result.stopped and result.done == 0:
+            raise PassEnded(result.error)
         if result.done == 0 and result.error:
             raise ScanError(f"the refault source could not page its sample out: {result.error}")
         self.sample = sample
