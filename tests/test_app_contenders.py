@@ -1,0 +1,224 @@
+"""The Redis benchmark's contenders (benchmarks/app_contenders.py): the configs and parameters
+they write, the CPU accounting they read, and that on a build host, whose DAMON and cgroups
+are the machine's, each one that needs a guest says why it cannot run and touches nothing."""
+from __future__ import annotations
+
+import builtins
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+from etmem import kernel, loader
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
+import app_contenders as ac  # noqa: E402
+
+
+# --- CPU seconds from /proc --------------------------------------------------------------------
+
+def test_stat_cpu_seconds_reads_utime_and_stime_after_a_comm_with_spaces_and_parentheses():
+    fields = ["S", "1", "2", "3", "0", "-1", "4194560", "10", "0", "7", "0", "250", "50", "9", "9"]
+    line = "4242 (redis) (x y) " + " ".join(fields) + " 20 0 1\n"
+    assert ac.stat_cpu_seconds(line, clk_tck=100) == 3.0
+
+
+def test_read_cpu_seconds_follows_a_busy_process_and_is_none_once_it_is_gone():
+    child = subprocess.Popen([sys.executable, "-c", "import time\nend = time.process_time() + 0.5\n"
+                              "while time.process_time() < end: pass\ntime.sleep(30)"])
+    try:
+        deadline = time.monotonic() + 20
+        seconds = 0.0
+        while seconds < 0.4 and time.monotonic() < deadline:
+            seconds = ac.read_cpu_seconds(child.pid)
+            time.sleep(0.1)
+        assert 0.4 <= seconds < 5
+    finally:
+        child.kill()
+        child.wait()
+    assert ac.read_cpu_seconds(child.pid) is None
+
+
+def test_kdamond_pids_are_the_threads_named_kdamond(tmp_path):
+    for pid, comm in ((7, "kdamond.0\n"), (8, "python3\n"), (9, "kdamond.12\n")):
+        (tmp_path / str(pid)).mkdir()
+        (tmp_path / str(pid) / "comm").write_text(comm)
+    (tmp_path / "self").mkdir()
+    (tmp_path / "10").mkdir()   # gone between the listing and the read
+    assert sorted(ac.kdamond_pids(str(tmp_path))) == [7, 9]
+
+
+def test_kdamond_meter_counts_a_thread_from_its_start_and_keeps_the_time_of_one_that_ended(monkeypatch):
+    seen = {"pids": [5], "cpu": {5: 10.0}}
+    monkeypatch.setattr(ac, "kdamond_pids", lambda: list(seen["pids"]))
+    monkeypatch.setattr(ac, "read_cpu_seconds", lambda pid: seen["cpu"].get(pid))
+    meter = ac.KdamondMeter(period=3600)   # sampled by hand here
+    meter.start()
+    seen["cpu"][5] = 12.5                  # ran before the meter: only what follows counts
+    seen["pids"].append(6)
+    seen["cpu"][6] = 1.0                   # a scan's kdamond, started after
+    meter.sample()
+    seen["pids"], seen["cpu"] = [5], {5: 13.0}   # the scan's kdamond ended
+    meter.stop()
+    assert meter.seconds() == pytest.approx(3.0 + 1.0)
+
+
+# --- what the etmem contenders load into etmemd -----------------------------------------------
+
+def test_slide_config_is_a_valid_slide_project_on_the_pid_with_the_given_source():
+    cfg = loader.load_text(ac.slide_config(4242, "page_idle", loop=3, sleep=2, interval=7, T=2), "slide.conf")
+    project, = cfg.projects
+    task, = cfg.tasks
+    assert (project.scanner, project.loop, project.sleep, project.interval) == ("page_idle", 3, 2, 7)
+    assert (task.common.type, task.common.value, task.keys.T) == ("pid", "4242", 2)
+
+
+def test_slide_contenders_take_the_benchmark_settings_and_name_their_source():
+    options = SimpleNamespace(loop=4, sleep=1, interval=9, T=1)
+    text = ac.SlideDamon(options).config_text(SimpleNamespace(pid=77))
+    assert "scanner=damon\n" in text and "loop=4\n" in text and "interval=9\n" in text and "value=77\n" in text
+    assert "scanner=page_idle\n" in ac.SlidePageIdle().config_text(SimpleNamespace(pid=77))
+
+
+def test_psi_config_names_the_cgroup_relative_to_the_mount(monkeypatch):
+    monkeypatch.setattr(kernel, "cgroup_mounts", lambda: {"cgroup2": "/sys/fs/cgroup"})
+    server = SimpleNamespace(pid=1, cgroup="/sys/fs/cgroup/etmem-bench-1-psi")
+    cfg = loader.load_text(ac.Psi().config_text(server), "psi.conf")
+    assert cfg.projects[0].scan_type == "psi"
+    assert cfg.tasks[0].keys.cg_dir == "etmem-bench-1-psi"
+    with pytest.raises(RuntimeError, match="not under the cgroup2 mount"):
+        ac.cgroup_dir("/tmp/elsewhere")
+    with pytest.raises(RuntimeError, match="needs the server in a cgroup"):
+        ac.Psi().config_text(SimpleNamespace(pid=1, cgroup=None))
+
+
+def test_damon_config_pages_out_regions_unaccessed_for_the_cold_age():
+    cfg = loader.load_text(ac.damon_config(4242, cold_age_s=10), "damon.conf")
+    keys = cfg.engines[0].keys
+    assert cfg.projects[0].aggr_interval == 100_000
+    assert (keys.action, keys.min_acc, keys.max_acc) == ("pageout", 0, 0)
+    assert keys.min_age * cfg.projects[0].aggr_interval == 10_000_000   # 10 s in aggregation intervals
+    assert cfg.tasks[0].common.value == "4242"
+
+
+# --- the peers ----------------------------------------------------------------------------------
+
+def test_damo_start_args_are_a_pageout_scheme_for_the_pid():
+    args = ac.damo_start_args(4242, cold_age_s=10)
+    text = " ".join(args)
+    assert args[0] == "start"
+    assert "--ops vaddr --target_pid 4242" in text
+    assert "--damos_action pageout" in text and "--damos_access_rate 0% 0%" in text
+    assert "--damos_age 10s max" in text
+
+
+def test_tracefs_problem_says_whether_to_mount_it_or_that_the_kernel_lacks_it(tmp_path):
+    mounts, filesystems = tmp_path / "mounts", tmp_path / "filesystems"
+    mounts.write_text("sysfs /sys sysfs rw 0 0\n")
+    filesystems.write_text("nodev\tsysfs\nnodev\ttracefs\n")
+    assert "mount -t tracefs" in ac.tracefs_problem(str(mounts), str(filesystems))
+    filesystems.write_text("nodev\tsysfs\n")
+    assert "CONFIG_TRACING" in ac.tracefs_problem(str(mounts), str(filesystems))
+    mounts.write_text("tracefs /sys/kernel/tracing tracefs rw 0 0\n")
+    assert ac.tracefs_problem(str(mounts), str(filesystems)) is None
+
+
+def test_damon_reclaim_params_reclaim_what_is_unaccessed_for_the_cold_age_whatever_is_free():
+    params = ac.damon_reclaim_params(cold_age_s=10)
+    assert params["min_age"] == "10000000"   # microseconds
+    high, mid, low = (int(params[f"wmarks_{n}"]) for n in ("high", "mid", "low"))
+    assert 1000 >= high >= mid > low >= 0 and mid >= 999   # active unless memory is nearly all free
+
+
+def fake_params(tmp_path) -> Path:
+    params = tmp_path / "parameters"
+    params.mkdir()
+    before = {"min_age": "120000000", "quota_ms": "10", "quota_sz": "134217728", "quota_reset_interval_ms": "1000",
+              "wmarks_interval": "5000000", "wmarks_high": "500", "wmarks_mid": "400", "wmarks_low": "200",
+              "enabled": "N"}
+    for name, value in before.items():
+        (params / name).write_text(value + "\n")
+    return params
+
+
+def test_damon_reclaim_sets_its_parameters_enables_it_and_stop_restores_them_once(tmp_path, monkeypatch):
+    params = fake_params(tmp_path)
+    before = {p.name: p.read_text() for p in params.iterdir()}
+    monkeypatch.setattr(ac, "kdamond_pids", lambda: [])
+    contender = ac.DamonReclaim()
+    contender.params_dir = params
+    contender.start(SimpleNamespace(pid=1, cgroup=None, data_bytes=0))
+    assert (params / "enabled").read_text() == "Y\n"
+    assert (params / "min_age").read_text() == "10000000\n"
+    assert (params / "wmarks_mid").read_text() == "999\n"
+    assert "enabled=Y" in contender.config()
+    contender.stop()
+    assert {p.name: p.read_text() for p in params.iterdir()} == before
+    (params / "min_age").write_text("5\n")    # someone else's setting after our stop
+    contender.stop()
+    assert (params / "min_age").read_text() == "5\n"
+
+
+def test_damon_reclaim_is_unavailable_while_someone_else_has_it_enabled(tmp_path):
+    params = fake_params(tmp_path)
+    (params / "enabled").write_text("Y\n")
+    contender = ac.DamonReclaim()
+    contender.params_dir = params
+    assert "enabled already" in contender.unavailable(None)
+
+
+def test_memory_high_is_the_hot_set_plus_a_margin_in_whole_pages():
+    current = 300 * ac.MiB
+    high = ac.memory_high_bytes(current, 0.1)
+    assert high % 4096 == 0
+    assert current * 0.1 < high < current / 2
+
+
+def test_memory_high_writes_the_cgroup_file_and_stop_restores_it(tmp_path):
+    (tmp_path / "memory.current").write_text(f"{300 * ac.MiB}\n")
+    (tmp_path / "memory.high").write_text("max\n")
+    contender = ac.MemoryHigh(SimpleNamespace(hot_percent=10.0))
+    contender.start(SimpleNamespace(pid=1, cgroup=str(tmp_path), data_bytes=250 * ac.MiB))
+    assert int((tmp_path / "memory.high").read_text()) == ac.memory_high_bytes(300 * ac.MiB, 0.1)
+    contender.stop()
+    contender.stop()
+    assert (tmp_path / "memory.high").read_text() == "max\n"
+    with pytest.raises(RuntimeError, match="cgroup of its own"):
+        ac.MemoryHigh().start(SimpleNamespace(pid=1, cgroup=None, data_bytes=0))
+
+
+# --- on a build host: every guest-only contender declines, read-only ---------------------------
+
+BUILD_HOST = "memory" in kernel.cgroup_mounts() and not kernel.has_cgroup2_memory()
+
+
+@pytest.mark.skipif(not BUILD_HOST, reason="needs a machine whose memory cgroups are v1, the machine's own "
+                    "(the build hosts); elsewhere these contenders may well run")
+@pytest.mark.parametrize("cls", ac.CONTENDERS, ids=lambda cls: cls.name)
+def test_on_a_build_host_each_guest_only_contender_gives_a_one_line_reason_and_writes_nothing(cls, monkeypatch):
+    real_open, real_os_open = builtins.open, os.open
+    writes = []
+
+    def checked_open(file, mode="r", *args, **kwargs):
+        if any(c in mode for c in "wax+"):
+            writes.append(str(file))
+        return real_open(file, mode, *args, **kwargs)
+
+    def checked_os_open(path, flags, *args, **kwargs):
+        if flags & (os.O_WRONLY | os.O_RDWR | os.O_CREAT):
+            writes.append(str(path))
+        return real_os_open(path, flags, *args, **kwargs)
+
+    def no_process(*args, **kwargs):
+        raise AssertionError(f"unavailable() started a process: {args}")
+
+    monkeypatch.setattr(builtins, "open", checked_open)
+    monkeypatch.setattr(os, "open", checked_os_open)
+    monkeypatch.setattr(subprocess, "Popen", no_process)
+    reason = cls().unavailable(None)
+    assert writes == []
+    assert isinstance(reason, str) and reason and "\n" not in reason, reason
