@@ -9,6 +9,7 @@ so the daemon sees their credentials through SO_PEERCRED as it would a real user
 from __future__ import annotations
 
 import json
+import logging
 import os
 import select
 import signal
@@ -563,3 +564,110 @@ def test_etmemd_answers_project_show_while_obj_add_builds_an_engine(tmp_path, ta
         assert adding.wait(30) == 0
         assert d.stop() == 0, d.log()
     assert "Traceback" not in d.log()
+
+
+# -- stopping within a deadline ------------------------------------------------------------
+
+class Stuck(Strategy):
+    """A test engine whose rounds ignore their stop event: each waits for `Stuck.free`
+    (at most 30 s), having set `Stuck.entered`."""
+
+    name = "stuck"
+    entered = threading.Event()
+    free = threading.Event()
+
+    def run_round(self, task, stop):
+        Stuck.entered.set()
+        Stuck.free.wait(30)
+
+
+class StuckPlugin:
+    @hookimpl
+    def etmem_engine_types(self):
+        return [Stuck, Gated]
+
+
+def test_close_leaves_a_task_stuck_in_its_round_behind_and_stops_the_others(caplog):
+    """Manager.close (SIGTERM) waited without end for a round that did not end."""
+    Stuck.entered, Stuck.free = threading.Event(), threading.Event()
+    Gated.gates, Gated.arrived, Gated.failing, Gated.stopped = {}, {}, set(), []
+    m = Manager(Plugins(entry_points=False, extra=(StuckPlugin(),)))
+    try:
+        m.add_text(gated_conf().replace("engine=gated", "engine=stuck").replace("name=gated", "name=stuck"))
+        m.add_text(gated_conf().replace("name=p\n", "name=q\n").replace("project=p", "project=q"))
+        m.start("p")
+        m.start("q")
+        assert Stuck.entered.wait(10), "the stuck round never began"
+        with caplog.at_level(logging.ERROR, logger="etmem"):
+            late = answers_within(lambda: m.close(timeout=0.5), 10.0)
+        assert late == ["p/stuck/t1"]
+        assert Gated.stopped == ["t1"]                 # q's task stopped, though p's hung
+        assert [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR] == [
+            "task t1 of engine stuck of project p did not stop within 0.5 s; not waiting for it"]
+        assert [p["started"] for p in m.show()] == [False, False]
+    finally:
+        Stuck.free.set()
+
+
+STUCK_PLUGIN = '''
+"""A test engine whose rounds ignore their stop event and wait, on a ThreadPoolExecutor
+worker (a thread the interpreter's exit waits for), until the test creates round.gate."""
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from etmem.hookspecs import hookimpl
+from etmem.strategy import Strategy
+
+
+def _wait_for_the_gate():
+    here = Path(__file__).parent
+    (here / "round.started").touch()
+    deadline = time.monotonic() + 120
+    while not (here / "round.gate").exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+
+
+class StuckRound(Strategy):
+    name = "stuckround"
+
+    def run_round(self, task, stop):
+        with ThreadPoolExecutor(1) as pool:
+            pool.submit(_wait_for_the_gate).result()
+
+
+@hookimpl
+def etmem_engine_types():
+    return [StuckRound]
+'''
+
+
+def test_sigterm_ends_etmemd_though_a_round_does_not_end(tmp_path, target):
+    plugin = tmp_path / "plugin"
+    info = plugin / "etmem_stuckround-0.1.dist-info"
+    info.mkdir(parents=True)
+    (plugin / "etmem_stuckround.py").write_text(STUCK_PLUGIN)
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: etmem-stuckround\nVersion: 0.1\n")
+    (info / "entry_points.txt").write_text("[etmem]\nstuckround = etmem_stuckround\n")
+    d = Etmemd(tmp_path, plugin_dir=plugin).start()
+    try:
+        conf = write_config(tmp_path / "stuck.conf", probe_config("stuck", target, engine="stuckround"))
+        assert d.etmem("obj", "add", "-f", str(conf)).returncode == 0, d.log()
+        assert d.etmem("project", "start", "-n", "stuck").returncode == 0, d.log()
+        deadline = time.monotonic() + 30
+        while not (plugin / "round.started").exists():
+            assert time.monotonic() < deadline, "the round never began"
+            time.sleep(0.02)
+        d.proc.send_signal(signal.SIGTERM)
+        try:
+            code = d.proc.wait(30)       # the round waits up to 120 s
+        except subprocess.TimeoutExpired:
+            raise AssertionError(f"etmemd did not exit on SIGTERM:\n{d.log()}") from None
+    finally:
+        (plugin / "round.gate").touch()
+        d.stop()
+    assert code == 0, d.log()
+    log_text = d.log()
+    assert "task t1 of engine stuckround of project stuck did not stop within 5 s; not waiting for it" in log_text
+    assert "etmemd exits with 1 task still stopping: stuck/stuckround/t1" in log_text
+    assert "Traceback" not in log_text

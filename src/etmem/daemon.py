@@ -68,7 +68,7 @@ class ManagerLike(Protocol):
     def stop(self, name: str) -> None: ...
     def show(self, name: str | None = None) -> list[dict]: ...
     def engine_command(self, project: str, engine: str, cmd: str, task: str | None = None) -> str: ...
-    def close(self) -> None: ...
+    def close(self) -> list[str] | None: ...   # the tasks that did not stop in time
 
 
 @dataclass(frozen=True)
@@ -203,6 +203,7 @@ class Daemon:
         self._threads_lock = threading.Lock()
         self._refusals_unlogged = 0
         self._refusal_log_after = 0.0
+        self.unstopped: list[str] = []   # after serve_forever: tasks Manager.close left behind
 
     # -- lifecycle ----------------------------------------------------------------
 
@@ -283,7 +284,7 @@ class Daemon:
                         running, "" if running == 1 else "s", self.shutdown_timeout)
         log.info("stopping all projects")
         try:
-            self.manager.close()
+            self.unstopped = list(self.manager.close() or [])
         except Exception:
             log.exception("stopping the projects failed")
         os.close(self._wake_r)

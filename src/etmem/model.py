@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import threading
+import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable
 
@@ -30,6 +31,10 @@ from .stats import TaskStats
 from .strategy import EngineView, TaskView
 
 log = logging.getLogger("etmem")
+
+#: On Manager.close (etmemd's SIGTERM) each task gets this many seconds to stop, as running
+#: requests get on a daemon stop (daemon.SHUTDOWN_TIMEOUT); they stop all at once.
+TASK_STOP_TIMEOUT = 5.0
 
 #: `etmem engine CMD` commands every engine answers, read from what the rounds kept: they
 #: work on a stopped project too.
@@ -138,15 +143,21 @@ class Project:
         log.info("project %s started (%d tasks)", self.name, started)
 
     def stop(self) -> None:
-        with self.lock:
-            if not self.started:
-                raise ObjectError(f"project {self.name} is not started", Cause.PROJECT_STOPPED)
-            self.started = False
-            self._switches += 1
-            tasks = self.tasks
+        tasks = self._mark_stopped()
+        if tasks is None:
+            raise ObjectError(f"project {self.name} is not started", Cause.PROJECT_STOPPED)
         for task in tasks:
             task.stop()
         log.info("project %s stopped", self.name)
+
+    def _mark_stopped(self) -> list["Task"] | None:
+        """Count the project as stopped; the tasks to stop, or None if it was not started."""
+        with self.lock:
+            if not self.started:
+                return None
+            self.started = False
+            self._switches += 1
+            return self.tasks
 
     def show(self) -> dict:
         rows = []
@@ -613,13 +624,35 @@ class Manager:
                               f"(etmem project start -n {project})", Cause.INVALID)
         return proj.engine(engine).command(cmd, task)
 
-    def close(self) -> None:
-        """Stop every started project (the daemon's SIGTERM path)."""
+    def close(self, timeout: float = TASK_STOP_TIMEOUT) -> list[str]:
+        """Stop every started project (the daemon's SIGTERM path) within about `timeout` s.
+
+        Every task stops on a thread of its own, all at once, and gets `timeout` s: one
+        whose round or stop_task does not end by then (an engine that ignores its stop
+        event) is logged and left behind. Returns those, as 'project/engine/task'.
+        """
         with self._lock:
             projects = list(self.projects.values())
-        for proj in projects:
-            if proj.started:
-                _quietly(proj.stop)
+        stopping = [(proj, proj._mark_stopped()) for proj in projects]
+        stoppers = []
+        for proj, tasks in stopping:
+            for task in tasks or ():
+                thread = threading.Thread(target=_quietly, args=(task.stop,), daemon=True,
+                                          name=f"etmem-stop-{proj.name}-{task.engine.name}-{task.name}")
+                thread.start()
+                stoppers.append((task, thread))
+        deadline = time.monotonic() + timeout
+        late = []
+        for task, thread in stoppers:
+            thread.join(max(0.0, deadline - time.monotonic()))
+            if thread.is_alive():
+                late.append(f"{task.project.name}/{task.engine.name}/{task.name}")
+                log.error("task %s of engine %s of project %s did not stop within %g s; not waiting for it",
+                          task.name, task.engine.name, task.project.name, timeout)
+        for proj, tasks in stopping:
+            if tasks is not None:
+                log.info("project %s stopped", proj.name)
+        return late
 
 
 #: Added to an 'already exists' error when the name is taken by another add in progress.

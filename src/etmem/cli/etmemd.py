@@ -413,6 +413,13 @@ def run(o: Options) -> int:
             metrics.close()
         if o.systemctl:
             _remove_pid_file(o.pid_file, os.getpid())
+    if daemon.unstopped:
+        # a task still in its round may hold a thread the interpreter's exit would wait for
+        # (a ThreadPoolExecutor worker): the stop must not hang on it
+        log.warning("etmemd exits with %d task%s still stopping: %s", len(daemon.unstopped),
+                    "" if len(daemon.unstopped) == 1 else "s", ", ".join(daemon.unstopped))
+        logging.shutdown()
+        os._exit(0)
     return 0
 
 
