@@ -14,11 +14,12 @@ import sys
 import threading
 import uuid
 
+import numpy as np
 import pytest
 
-from etmem import Manager, damon_sysfs, kernel, report, scan
+from etmem import Manager, damon_sysfs, kernel, procfs, report, scan
 from etmem.damon_sysfs import KDAMONDS, DamonInUse, Kdamond, KdamondSpec, MonitoringAttrs, Scheme
-from etmem.engines.damon import Damon
+from etmem.engines.damon import Damon, merged, overlap
 from etmem.errors import ConfigError, EtmemError, KernelFeatureMissing
 from etmem.loader import load_text
 from etmem.protocol import render_show_text
@@ -462,38 +463,52 @@ def test_two_damon_engines_of_a_project_are_two_schemes_of_one_kdamond(damon_tre
 COLD = "min_acc=0\nmax_acc=2\nmin_age=4\naction=pageout"
 
 
-def test_a_dry_run_installs_its_scheme_as_stat_and_reports_the_regions_it_would_page_out(damon_tree, manager,
-                                                                                       processes):
-    child = processes()
-    manager.add_text(config(keys=COLD, tasks=[("pid", child.pid)]) + "dry_run=yes\n")
+def test_dry_run_counts_the_present_pages_of_the_regions_within_the_processs_mappings():
+    regions = [(0x1000, 0x9000), (0x5000, 0xc000), (0x20000, 0x30000), (0x30000, 0x31000)]
+    assert merged(regions).tolist() == [[0x1000, 0xc000], [0x20000, 0x31000]], "overlapping and touching joined"
+    vmas = [(0x0, 0x2000), (0x8000, 0x22000), (0x40000, 0x50000)]
+    assert overlap(merged(regions), vmas).tolist() == [[0x1000, 0x2000], [0x8000, 0xc000], [0x20000, 0x22000]]
+    assert overlap(np.zeros((0, 2)), vmas).shape == (0, 2) and overlap(regions[:1], []).shape == (0, 2)
+
+
+def test_a_dry_run_installs_its_scheme_as_stat_and_reports_the_pages_it_would_page_out(damon_tree, manager,
+                                                                                     workload_factory):
+    w = workload_factory(total_mb=24, hot_mb=8)
+    cold_pages = (w.cold[1] - w.cold[0]) // 4096
+    manager.add_text(config(keys=COLD, tasks=[("pid", w.pid)]) + "dry_run=yes\n")
     manager.start("p")
     f = damon_tree.file
     scheme = f"{CTX}/schemes/0"
     assert [f(f"{CTX}/schemes/{i}/action") for i in range(2)] == ["stat", "stat"], "nothing pages out"
     assert [f(f"{scheme}/access_pattern/{k}/{m}") for k in ("nr_accesses", "age") for m in ("min", "max")] == \
         ["0", "2", "4", "4294967295"], "the pattern is the pageout scheme's"
-    # matched: the first only (the second is accessed 4 times an aggregation, the third too young)
-    damon_tree.regions[0] = [(0x10000, 0x50000, 0, 10), (0x50000, 0x90000, 4, 10), (0x90000, 0xa0000, 0, 1)]
+    # matched: the cold mapping and 1 GiB of address space above the top of the process's
+    # mappings (the stack; the kernel's vdso there is none of its pages), which has no page;
+    # not the hot mapping (accessed 4 times an aggregation) nor a young region
+    top = max(v.end for v in procfs.maps(w.pid) if not v.is_special)
+    damon_tree.regions[0] = [(w.cold[0], w.cold[1], 0, 10), (w.hot[0], w.hot[1], 4, 10), (top, top + (1 << 30), 0, 10),
+                             (top + (1 << 30), top + (2 << 30), 0, 1)]
     damon_tree.counters[(0, 0)] = {"nr_tried": 5, "sz_tried": 5 << 18}
     task = manager.project("p").engine("damon").task("t0")
     task.run_round()
     assert task.stats.last_error is None and task.stats.pages_swapped == 0
-    process, matched = task.stats.last_round
-    assert process.pid == child.pid and process.dry_run and process.chosen == 0
-    assert (matched.pid, matched.source, matched.dry_run, matched.chosen) == (None, "damon", True, 0x40000 // 4096)
-    assert matched.detail == {"scheme": "damon", "action": "pageout", "regions": 1, "bytes": 0x40000}
+    (out,) = task.stats.last_round
+    assert (out.pid, out.dry_run, out.chosen, out.detail["action"]) == (w.pid, True, cold_pages, "pageout")
+    matched = w.cold[1] - w.cold[0] + (1 << 30)
     assert task.stats.extra["scheme"] == {"action": "pageout", "dry_run": True, "nr_tried": 5, "sz_tried": 5 << 18,
                                           "nr_applied": 0, "sz_applied": 0, "qt_exceeds": 0,
-                                          "matching_regions": 1, "matching_bytes": 0x40000}
-    assert task.stats.extra["kdamond"]["nr_regions"] == 3
-    lines = report.rounds_text(task.stats.history, last=1).splitlines()
-    assert re.fullmatch(rf"  process {child.pid} \(dry run\): resident \d.*, swapped 0 B", lines[-2]), lines
-    assert lines[-1] == "  damon scheme damon (dry run): 1 regions match, would apply pageout to 64 pages (256 KiB)"
-    # a listing with no region at all raced an update (6.12): the last figures stand
+                                          "matching_regions": 2, "matching_bytes": matched}
+    assert task.stats.extra["kdamond"]["nr_regions"] == 4
+    (record,) = task.stats.history.rounds()[-1].targets
+    assert record.dry_run and record.chosen == cold_pages
+    (line,) = report.rounds_text(task.stats.history, last=1).splitlines()[-1:]
+    assert re.fullmatch(rf"  process {w.pid} \(dry run\): resident \d.*, swapped 0 B, "
+                        rf"would apply pageout to 4,096 pages \(16 MiB\)", line), line
+    # a listing with no region at all raced an update (6.12): the last regions stand
     damon_tree.regions[0] = []
     task.run_round()
-    assert task.stats.last_round[-1].chosen == 64 and task.stats.extra["kdamond"]["nr_regions"] == 3
-    assert task.stats.targets == 2, "the process and the scheme"
+    assert task.stats.last_round[0].chosen == cold_pages and task.stats.extra["kdamond"]["nr_regions"] == 4
+    assert w.verify()
 
 
 def test_a_region_projects_tasks_are_all_dry_runs_or_none(damon_tree, manager, processes):

@@ -308,8 +308,6 @@ def rounds_text(history: History, title: str = "", last: int | None = None) -> s
 def _target_line(t) -> str:
     if "cgroup" in t.detail and not t.skipped:
         return _cgroup_line(t)
-    if "scheme" in t.detail:
-        return _scheme_line(t)
     if t.source == "damon" and t.pid is not None and not t.skipped:
         return _damon_process_line(t)
     who = f"process {t.pid}" if t.pid is not None else (t.detail.get("cgroup") or "target")
@@ -348,19 +346,13 @@ def _cgroup_line(t) -> str:
     return line + (f"; error: {t.error}" if t.error else "")
 
 
-def _scheme_line(t) -> str:
-    """A damon scheme in a dry run: the regions its access pattern matches now, and their bytes."""
-    d = t.detail
-    line = (f"damon scheme {d['scheme']} (dry run): {d.get('regions', 0):,} regions match, "
-            f"would apply {d.get('action')} to {_pages(t.chosen)}")
-    return line + (f"; error: {t.error}" if t.error else "")
-
-
 def _damon_process_line(t) -> str:
-    """A process DAMON monitors: the kernel acts on it, so only its memory is shown."""
+    """A process DAMON monitors: its memory, and in a dry run what the scheme's action would take."""
     d = t.detail
-    line = (f"process {t.pid}{' (dry run)' if t.dry_run else ''}: resident {format_size((d.get('rss_kb') or 0) << 10)}, "
-            f"swapped {format_size((d.get('swap_kb') or 0) << 10)}")
+    parts = [f"resident {format_size((d.get('rss_kb') or 0) << 10)}", f"swapped {format_size((d.get('swap_kb') or 0) << 10)}"]
+    if t.dry_run:
+        parts.append(f"would apply {d.get('action')} to {_pages(t.chosen)}")
+    line = f"process {t.pid}{' (dry run)' if t.dry_run else ''}: " + ", ".join(parts)
     return line + (f"; error: {t.error}" if t.error else "")
 
 

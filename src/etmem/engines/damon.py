@@ -8,9 +8,10 @@ they come and go (a round every max(1 s, update_interval): targets resolved agai
 committed), reads the scheme stats for `project show`, turns the kdamond off at project
 stop and removes it at obj del. docs/damon.md has the keys and how they map to sysfs.
 With `[task] dry_run=yes` the kdamond runs each scheme as `stat` (DAMON only counts the
-regions that match it) and every round reports the bytes of the regions each scheme's
-pattern matches, which its action would be applied to; as the schemes act on every
-process of the project's kdamond, a region project's tasks are all dry runs or none.
+regions that match it) and every round reports, per process, the pages present in the
+regions each scheme's pattern matches, which its action would be applied to; as the
+schemes act on every process of the project's kdamond, a region project's tasks are all
+dry runs or none.
 """
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ import logging
 import threading
 
 import attrs
+import numpy as np
 
 from .. import kernel, procfs
 from ..config import Choice, ConfigError, Int, Name, Size, key
@@ -26,7 +28,8 @@ from ..damon_sysfs import (KDAMONDS, U32_MAX, U64_MAX, AccessPattern, DamonError
 from ..errors import EtmemError, ProcError
 from ..hookspecs import hookimpl
 from ..rounds import RoundTimer
-from ..scan import PAGE
+from ..scan import PAGEMAP_CHUNK
+from ..scan.pagemap import decode_pagemap_file, default_opener
 from ..stats import RoundResult, TargetResult
 from ..strategy import Strategy, held_targets
 from .keys import dry_run_key
@@ -97,9 +100,50 @@ def observing(scheme: Scheme) -> Scheme:
     return attrs.evolve(scheme, action="stat", target_nid=None)
 
 
-def matching(regions: list) -> tuple[int, int]:
-    """(regions, bytes) of a scheme's tried regions ((start, end, nr_accesses), ...)."""
-    return len(regions), sum(end - start for start, end, _ in regions)
+def overlap(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """The address ranges both of two sets cover: a (n, 2) and b (m, 2) of [start, end) rows,
+    each sorted and not overlapping itself. Rows in address order."""
+    a, b = np.asarray(a, dtype=np.uint64).reshape(-1, 2), np.asarray(b, dtype=np.uint64).reshape(-1, 2)
+    lo = np.searchsorted(b[:, 1], a[:, 0], side="right")   # the first b range ending after a starts
+    hi = np.searchsorted(b[:, 0], a[:, 1], side="left")    # past the last b range starting before a ends
+    n = np.maximum(hi - lo, 0)
+    ai = np.repeat(np.arange(len(a)), n)
+    bi = lo[ai] + np.arange(int(n.sum())) - np.repeat(np.cumsum(n) - n, n)
+    out = np.stack([np.maximum(a[ai, 0], b[bi, 0]), np.minimum(a[ai, 1], b[bi, 1])], axis=1)
+    return out[out[:, 1] > out[:, 0]]
+
+
+def merged(ranges: np.ndarray) -> np.ndarray:
+    """[start, end) rows sorted and joined where they overlap or touch (the regions of several
+    targets may cover the same addresses)."""
+    ranges = np.asarray(ranges, dtype=np.uint64).reshape(-1, 2)
+    if not len(ranges):
+        return ranges
+    ranges = ranges[np.argsort(ranges[:, 0], kind="stable")]
+    reach = np.maximum.accumulate(ranges[:, 1])
+    first = np.concatenate([[True], ranges[1:, 0] > reach[:-1]])
+    starts = ranges[first, 0]
+    ends = reach[np.concatenate([np.flatnonzero(first)[1:] - 1, [len(ranges) - 1]])]
+    return np.stack([starts, ends], axis=1)
+
+
+def present_in(pid: int, ranges: np.ndarray, opener=None) -> int:
+    """Pages of process pid present in memory within ranges ([start, end) rows), from its
+    pagemap; only its mappings are read (DAMON's regions span the gaps between them too).
+    0 when the process has gone."""
+    try:
+        vmas = [(v.start, v.end) for v in procfs.maps(pid) if not v.is_special]
+        within = overlap(merged(ranges), np.array(vmas, dtype=np.uint64).reshape(-1, 2))
+        f = (opener or default_opener)(f"/proc/{pid}/pagemap", "rb")
+    except (OSError, ProcError):
+        return 0
+    buf = np.empty(PAGEMAP_CHUNK, dtype=np.uint64)
+    try:
+        return sum(int(decode_pagemap_file(f, int(start), int(end), buf)["present"].sum()) for start, end in within)
+    except OSError:
+        return 0
+    finally:
+        f.close()
 
 
 def monitoring_attrs(project) -> MonitoringAttrs:
@@ -231,7 +275,7 @@ class ProjectKdamond:
         self.started: list = []         # TaskViews, in the order they started
         self.joined: list = []          # every task of the project's damon engines (TaskViews)
         self.nr_regions: int | None = None
-        self.matching: dict = {}        # dry run: engine -> (regions, bytes) its pattern matched last
+        self.matching: dict = {}        # dry run: engine -> the regions its pattern matched last
         self.lock = threading.RLock()   # the engines, the tasks and the kdamond
         self.timer = RoundTimer(f"{project.name}-damon", round_period(project), self.run_round, round_finished)
 
@@ -383,26 +427,27 @@ class ProjectKdamond:
 
     def _count_matching(self) -> None:
         """Dry run: the regions each engine's scheme matches now, from one listing with the region
-        counter's; a listing whose counter shows no region raced an update, and the last figures stand."""
+        counter's; a listing whose counter shows no region raced an update, and the last one stands."""
         listed = KDAMONDS.schemes_regions(self.kd, range(len(self.engines) + 1))
         if not listed or not listed[-1]:
             return
         self.nr_regions = len(listed[-1])
-        self.matching = {engine: matching(regions) for engine, regions in zip(self.engines, listed)}
+        self.matching = {engine: np.array([(start, end) for start, end, _ in regions], dtype=np.uint64).reshape(-1, 2)
+                         for engine, regions in zip(self.engines, listed)}
 
     def _report_matching(self, engine: Damon, task, result: RoundResult, on: bool) -> None:
-        """Dry run: the scheme's figures as a target of the round (what its action would be applied
-        to, over every process of the kdamond), its processes marked as observed only."""
+        """Dry run: per process, the pages present in the regions the engine's scheme matches,
+        which its action would be applied to (`chosen`); the scheme's regions and their size."""
+        task.stats.extra["scheme"]["dry_run"] = True
+        regions = self.matching.get(engine) if on else None
+        if regions is not None:
+            task.stats.extra["scheme"].update(matching_regions=len(regions),
+                                              matching_bytes=int((regions[:, 1] - regions[:, 0]).sum()))
         for out in result.targets:
             out.dry_run = True
-        task.stats.extra["scheme"]["dry_run"] = True
-        if not on or engine not in self.matching:
-            return
-        regions, nbytes = self.matching[engine]
-        task.stats.extra["scheme"].update(matching_regions=regions, matching_bytes=nbytes)
-        result.targets.append(TargetResult(None, chosen=nbytes // PAGE, source="damon", dry_run=True,
-                                           detail={"scheme": engine.engine.name, "action": engine.scheme.action,
-                                                   "regions": regions, "bytes": nbytes}))
+            out.detail["action"] = engine.scheme.action
+            if regions is not None and not out.skipped:
+                out.chosen = present_in(out.pid, regions)
 
     def _engine_of(self, task) -> Damon | None:
         for e in self.engines:
