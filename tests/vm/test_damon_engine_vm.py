@@ -151,3 +151,39 @@ def test_a_stat_scheme_counts_without_acting_and_a_second_project_gets_its_own_k
         sleeper.kill()
         sleeper.wait()
     assert read("kdamonds/nr_kdamonds") == "0" and not KDAMONDS.members
+
+
+def test_a_dry_run_pages_nothing_out_and_reports_the_cold_pages_a_pageout_scheme_would(zram_swap):
+    manager = Manager()
+    try:
+        with Workload(total_mb=32, hot_mb=4, pause=0.005, huge=False) as w:
+            text = CONFIG.format(name="dry", action="pageout", pid=w.pid) + "dry_run=yes\n"
+            manager.add_text(text, "damon.conf")
+            manager.start("dry")
+            assert read("kdamonds/0/contexts/0/schemes/0/action") == "stat", "the kernel only counts"
+            cold_pages = (w.cold[1] - w.cold[0]) // 4096
+
+            def would():   # the pages the round found present in the regions the pattern matches
+                stats = stats_of(manager, "dry")
+                return stats["last_round"][0]["chosen"] if stats["last_round"] else 0
+
+            found = wait_for(lambda: would() >= 0.8 * cold_pages, 60)
+            counted = wait_for(lambda: stats_of(manager, "dry")["extra"]["scheme"]["nr_tried"] > 0, 15)
+            stats = stats_of(manager, "dry")
+            present, swapped = pagemap_bits(w.pid, *w.cold)
+            (out,) = stats["last_round"]
+            detail = f"VmSwap {status_kb(w.pid, 'VmSwap')} kB of a {cold_pages * 4} kB cold mapping; stats {stats}"
+            assert found and counted, detail
+            assert out["pid"] == w.pid and out["dry_run"] and out["detail"]["action"] == "pageout", detail
+            # pages present, not the regions' address space (which spans the gaps between mappings)
+            assert out["chosen"] * 4 <= out["detail"]["rss_kb"], detail
+            scheme = stats["extra"]["scheme"]
+            assert scheme["action"] == "pageout" and scheme["dry_run"], detail
+            assert scheme["sz_applied"] == 0 and scheme["nr_applied"] == 0, detail
+            assert present.all() and not swapped.any() and status_kb(w.pid, "VmSwap") == 0, detail
+            assert stats["last_error"] is None and stats["pages_swapped"] == 0, detail
+            assert w.verify()
+    finally:
+        for name in list(manager.projects):
+            manager.delete_project(name)
+    assert read("kdamonds/nr_kdamonds") == "0" and not KDAMONDS.members

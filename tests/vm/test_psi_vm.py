@@ -145,6 +145,24 @@ def test_psi_reclaims_while_pressure_is_low_keeps_every_floor_and_leaves_other_c
     assert _number(f"{root}/{b}/memory.swap.current") == 0 and _number(f"{root}/{b}/memory.current") >= b_current
 
 
+def test_a_psi_dry_run_reclaims_nothing_and_reports_what_it_would(root, workloads):
+    (a, _), _ = workloads
+    cg_a = system_hierarchy().cgroup(a)
+    stat_before = open(f"{root}/{a}/memory.stat").read()
+    swap_before = _number(f"{root}/{a}/memory.swap.current")
+    # pressure and refaults left by the other tests must not stop the rounds: the floor decides
+    task = psi_task("dry", cg_dir=a, reclaim_rate=0.5, pressure=100, refault_ratio=1000, dry_run="yes")
+    for _ in range(2):
+        (out,) = task.run_round().last_round
+        assert (out.error, out.skipped, out.dry_run) == (None, None, True), out
+        assert out.detail["requested"] > 0 and out.chosen * 4096 == out.detail["requested"], out.detail
+        assert out.detail["reclaimed"] == 0
+    assert _pgsteal(open(f"{root}/{a}/memory.stat").read()) == _pgsteal(stat_before), "no page was reclaimed"
+    assert _number(f"{root}/{a}/memory.swap.current") <= swap_before, "nothing went to swap (pages may come back)"
+    assert task.stats.extra["cgroups"][a]["would_reclaim"] == out.detail["requested"]
+    assert task.stats.extra["reclaimed_bytes"] == 0 and cg_a.current() > out.detail["floor"]
+
+
 def test_psi_stops_reclaiming_while_the_workload_thrashes(root, workloads):
     (a, _), wa = workloads
     task = psi_task("thrash", cg_dir=a)
