@@ -16,7 +16,8 @@ from etmem.workload import Workload
 
 PAGE = os.sysconf("SC_PAGE_SIZE")
 
-pytest_plugins = ["vm_harness"]  # runs `vm`-marked tests inside a QEMU guest
+pytest_plugins = ["vm_harness",      # runs `vm`-marked tests inside a QEMU guest
+                  "etmemd_harness"]  # the fixtures plugin_dir and daemon (a real etmemd)
 
 
 def pytest_configure(config):

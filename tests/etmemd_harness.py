@@ -1,5 +1,6 @@
 """Test harness for etmemd: a real daemon process on a unique socket, driven by the real
-`etmem` command or by raw bytes, plus a probe engine plugin with commands of its own.
+`etmem` command or by raw bytes, plus a probe engine plugin with commands of its own, and
+the fixtures `plugin_dir` and `daemon` (a pytest plugin: conftest.py loads it).
 
 Only processes started here are ever signalled, by their own pid.
 """
@@ -15,6 +16,8 @@ import textwrap
 import time
 import uuid
 from pathlib import Path
+
+import pytest
 
 
 def script(name: str) -> str:
@@ -217,3 +220,22 @@ class Etmemd:
     def thread_count(self) -> int:
         assert self.proc is not None
         return len(os.listdir(f"/proc/{self.proc.pid}/task"))
+
+
+# -- fixtures -------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def plugin_dir(tmp_path_factory):
+    """A directory providing the probe engine (install_probe_plugin), one per test module."""
+    return install_probe_plugin(tmp_path_factory.mktemp("plugin"))
+
+
+@pytest.fixture
+def daemon(request, tmp_path, plugin_dir):
+    """A running etmemd with the probe engine; afterwards it must stop with status 0 and,
+    unless the test module sets ETMEMD_LOG_MAY_HOLD_TRACEBACKS, have logged no traceback."""
+    d = Etmemd(tmp_path, plugin_dir=plugin_dir).start()
+    yield d
+    assert d.stop() == 0, d.log()
+    if not getattr(request.module, "ETMEMD_LOG_MAY_HOLD_TRACEBACKS", False):
+        assert "Traceback" not in d.log()

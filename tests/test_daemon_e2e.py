@@ -12,24 +12,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from etmemd_harness import (Etmemd, install_probe_plugin, probe_config, raw_exchange, script,
+from etmemd_harness import (Etmemd, probe_config, raw_exchange, script,
                             unique_socket_name, write_config)
 
 pytestmark = pytest.mark.usefixtures("need_root")
-
-
-@pytest.fixture(scope="module")
-def plugin_dir(tmp_path_factory):
-    return install_probe_plugin(tmp_path_factory.mktemp("plugin"))
-
-
-@pytest.fixture
-def daemon(tmp_path, plugin_dir):
-    d = Etmemd(tmp_path, plugin_dir=plugin_dir).start()
-    yield d
-    status = d.stop()
-    assert status == 0, d.log()
-    assert "Traceback" not in d.log()
 
 
 @pytest.fixture

@@ -26,26 +26,13 @@ from etmem.cli.client import request
 from etmem.errors import Cause, ObjectError
 from etmem.plugins import Plugins
 from etmem.protocol import Command, Request
-from etmemd_harness import Etmemd, install_probe_plugin, probe_config, script, unique_socket_name, write_config
+from etmemd_harness import Etmemd, probe_config, script, unique_socket_name, write_config
 
 pytestmark = pytest.mark.usefixtures("need_root")
 
 NOBODY = 65534
 SHOW = Request(Command.PROJECT_SHOW)
 REFUSAL = b"error: permission denied: etmemd accepts requests only from uid 0"
-
-
-@pytest.fixture(scope="module")
-def plugin_dir(tmp_path_factory):
-    return install_probe_plugin(tmp_path_factory.mktemp("plugin"))
-
-
-@pytest.fixture
-def daemon(tmp_path, plugin_dir):
-    d = Etmemd(tmp_path, plugin_dir=plugin_dir).start()
-    yield d
-    assert d.stop() == 0, d.log()
-    assert "Traceback" not in d.log()
 
 
 # -- refused peers ---------------------------------------------------------------------
