@@ -285,6 +285,9 @@ class Etmemd(Contender):
         if self.proc is not None and self.proc.poll() is None:
             self.cpu_seconds()
             if self._loaded:   # project stop and obj del undo what the engine set up (kdamonds, ...)
+                # what the engine saw, for the guest's console: the figures alone do not say why
+                print(f"app_contenders: {self.name}: etmem project show -v -o json: {self.show().strip()}",
+                      file=sys.stderr, flush=True)
                 self.client("project", "stop", "-n", self.project, check=False)
                 self.client("obj", "del", "-f", self.config_path, check=False)
             self.cpu_seconds()
@@ -597,9 +600,17 @@ class DamonReclaim(Contender):
         self._saved = {}
 
 
-def memory_high_bytes(current: int, hot_share: float) -> int:
-    """memory.high for a cgroup whose load reads hot_share of it: that hot set plus a margin, in whole pages."""
-    high = int(current * hot_share * (1 + HIGH_MARGIN)) + HIGH_SLACK
+def vm_rss_bytes(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    raise RuntimeError(f"/proc/{pid}/status has no VmRSS line")
+
+
+def memory_high_bytes(resident: int, hot_share: float) -> int:
+    """memory.high for a server whose load reads hot_share of its memory: that hot set plus a margin, in whole pages."""
+    high = int(resident * hot_share * (1 + HIGH_MARGIN)) + HIGH_SLACK
     return high // 4096 * 4096
 
 
@@ -622,10 +633,11 @@ class MemoryHigh(Contender):
         if not server.cgroup:
             raise RuntimeError("the memory.high contender needs the server in a cgroup of its own (needs_cgroup)")
         self._path = Path(server.cgroup, "memory.high")
-        current = int(_read(Path(server.cgroup, "memory.current")))
-        high = memory_high_bytes(current, self.option("hot_percent", 10.0) / 100)
+        # the server's own memory, not memory.current, which also holds the page cache of its RDB
+        resident = vm_rss_bytes(server.pid)
+        high = memory_high_bytes(resident, self.option("hot_percent", 10.0) / 100)
         self._saved = _read(self._path)
-        self.text = f"memory.high={high} (memory.current {current} at start)"
+        self.text = f"memory.high={high} (the server's VmRSS {resident} at start)"
         _write(self._path, high)
 
     def config(self) -> str | None:

@@ -171,6 +171,10 @@ def test_damon_reclaim_is_unavailable_while_someone_else_has_it_enabled(tmp_path
     assert "enabled already" in contender.unavailable(None)
 
 
+def test_vm_rss_bytes_reads_this_process_status():
+    assert 1 * ac.MiB < ac.vm_rss_bytes(os.getpid()) < 64 * 1024 * ac.MiB
+
+
 def test_memory_high_is_the_hot_set_plus_a_margin_in_whole_pages():
     current = 300 * ac.MiB
     high = ac.memory_high_bytes(current, 0.1)
@@ -178,11 +182,11 @@ def test_memory_high_is_the_hot_set_plus_a_margin_in_whole_pages():
     assert current * 0.1 < high < current / 2
 
 
-def test_memory_high_writes_the_cgroup_file_and_stop_restores_it(tmp_path):
-    (tmp_path / "memory.current").write_text(f"{300 * ac.MiB}\n")
+def test_memory_high_writes_the_cgroup_file_from_the_server_rss_and_stop_restores_it(tmp_path, monkeypatch):
     (tmp_path / "memory.high").write_text("max\n")
+    monkeypatch.setattr(ac, "vm_rss_bytes", lambda pid: 300 * ac.MiB if pid == 4242 else None)
     contender = ac.MemoryHigh(SimpleNamespace(hot_percent=10.0))
-    contender.start(SimpleNamespace(pid=1, cgroup=str(tmp_path), data_bytes=250 * ac.MiB))
+    contender.start(SimpleNamespace(pid=4242, cgroup=str(tmp_path), data_bytes=250 * ac.MiB))
     assert int((tmp_path / "memory.high").read_text()) == ac.memory_high_bytes(300 * ac.MiB, 0.1)
     contender.stop()
     contender.stop()
@@ -222,3 +226,29 @@ def test_on_a_build_host_each_guest_only_contender_gives_a_one_line_reason_and_w
     reason = cls().unavailable(None)
     assert writes == []
     assert isinstance(reason, str) and reason and "\n" not in reason, reason
+
+
+# --- the guest run (benchmarks/app_guest.py): what the guest is told to do ---------------------
+
+def test_the_guest_script_sets_up_the_guest_and_runs_bench_apps_into_the_shared_folder(monkeypatch, tmp_path):
+    import app_guest
+
+    monkeypatch.setenv("PYTHONPATH", "/work/x/src")
+    config = tmp_path / "config-6.12.117+deb12-amd64"
+    script = app_guest.guest_script("/tmp/rw", "/tmp/rw/results.jsonl", ["--keys", "150000"], config)
+    lines = script.splitlines()
+    assert "export PYTHONPATH=/work/x/src" in lines      # the guest imports the host's etmem
+    assert "modprobe -q zram 2>/dev/null" in lines
+    assert f"cp {config} /boot/" in lines                # DAMON's operations, read from the kernel config
+    bench = next(line for line in lines if "bench_apps.py" in line)
+    assert bench.split()[0] == sys.executable
+    assert "--in-guest --out /tmp/rw/results.jsonl --keys 150000" in bench
+    assert lines[-3:] == ["rc=$?", "dmesg > /tmp/rw/dmesg.txt 2>&1", "exit $rc"]
+    assert "cp " not in app_guest.guest_script("/tmp/rw", "/tmp/rw/r.jsonl", [], None)
+
+
+def test_guest_kernel_refuses_a_kernel_it_does_not_know():
+    import app_guest
+
+    with pytest.raises(ValueError, match="test or debian"):
+        app_guest.guest_kernel("fedora")
