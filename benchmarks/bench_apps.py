@@ -18,19 +18,24 @@ Figures, one JSON line each ({"bench": "apps", "kernel", "contender", "metric", 
 - rss_mib, rss_given_back_mib (unmanaged's VmRSS at its last window less the contender's
   at its last: unmanaged's is flat), rss_given_back_percent_of_data (of N x 1000 bytes),
   rss_reduced_share (of unmanaged's VmRSS);
-- get_rps_ratio and get_p99_ratio: the contender's windows from steady state on (its last
-  two without one) against all of unmanaged's windows of this run (mean GET/s, median of
-  the windows' p99), and _all_windows variants over all of the contender's windows;
+- get_rps_vs_reference and get_p99_vs_reference (with `--paired`, the default): a second,
+  unmanaged server with the same data runs beside each managed one, and each managed window
+  is followed by one of it, so both see the same moment of a shared machine's load; the mean
+  of the per-window GET/s ratios and the median of the p99 ratios, over the windows from
+  steady state on (the last two without one); _all_windows over every window;
+- get_rps_ratio and get_p99_ratio: the same windows against all of unmanaged's windows of
+  this run (mean GET/s, median of the windows' p99), and _all_windows variants; the
+  targets are on the reference ratios when there are any, as the load drifts between runs;
 - swap_ins: the server's own major faults over its managed windows (every swap-in from
   zram is one), and swap_ins_system_pswpin (/proc/vmstat, the whole machine's);
 - manager_cpu_seconds (the manager process's utime+stime: etmemd's for etmem), and per GiB
   of data set;
-- seconds_to_steady_state: the end of the first window after which VmRSS changes by less
-  than 2% for two windows;
+- seconds_to_steady_state: the end of the first window after which VmRSS stays within 2%
+  of its value there for two windows or more, to the end of the run (null: not reached);
 - get_hit_ratio (keyspace hits over lookups: 1.0 proves the load reads the keys we wrote).
 
-The run's settings and each contender's config are JSON lines of their own ("run",
-"config"). A zram swap device of the benchmark's own holds what is swapped (priority
+The run's settings, each contender's config and each window's readings are JSON lines of
+their own ("run", "config", "window"). A zram swap device of the benchmark's own holds what is swapped (priority
 32700: above the 32000 that tests and other sessions give theirs, which would otherwise
 take our pages first and, on their swapoff, bring them back; below bench_refault's 32767).
 Everything started here (servers, etmemd, the zram device, a cgroup, the temp dir) is
@@ -482,16 +487,22 @@ def known_contenders() -> dict[str, type]:
 
 # --- one contender's run --------------------------------------------------------------------
 
-def steady_index(rss: list[int]) -> int | None:
-    """The first window after which VmRSS changes by less than 2% for two windows."""
+def steady_index(rss: list[int], tolerance: float = 0.02) -> int | None:
+    """The first window after which VmRSS stays within 2% of its value there, for at least two
+    more windows and to the end of the run (a slow, steady decline is not a steady state)."""
     for i in range(len(rss) - 2):
-        if all(abs(rss[j + 1] - rss[j]) < 0.02 * rss[j] for j in (i, i + 1)):
+        if all(abs(later - rss[i]) < tolerance * rss[i] for later in rss[i + 1:]):
             return i
     return None
 
 
-def measure(contender, server: RedisServer, device: zram.ZramSwap, options, hot: int, requests: int) -> dict:
-    """Start the contender on the server, run the windows, and return what they saw."""
+def measure(out: Output, contender, server: RedisServer, device: zram.ZramSwap, options, hot: int, requests: int,
+            reference: RedisServer | None = None) -> dict:
+    """Start the contender on the server, run the windows, and return what they saw.
+
+    With a reference (an unmanaged server with the same data), each window of the managed
+    server is followed by one of the reference, so the two see the same moment of the
+    machine's load."""
     windows = []
     faults0, pswpin0 = major_faults(server.pid), system_pswpin()
     began = time.monotonic()
@@ -502,10 +513,19 @@ def measure(contender, server: RedisServer, device: zram.ZramSwap, options, hot:
         window = dict(load, rss=vm_rss_bytes(server.pid), faults=major_faults(server.pid) - faults0,
                       pswpin=system_pswpin() - pswpin0, cpu=contender.cpu_seconds(), t=time.monotonic() - began,
                       load=os.getloadavg()[0])
+        paired = {}
+        if reference is not None:
+            ref = run_load(reference, hot, requests, options.clients)
+            window.update(ref_rps=ref["rps"], ref_p99=ref["p99_latency_ms"])
+            paired = {"reference_rps": ref["rps"], "reference_p99_ms": ref["p99_latency_ms"]}
         windows.append(window)
+        out.line({"contender": contender.name, "window": k + 1, "t_s": round(window["t"], 1),
+                  "rss_mib": round(window["rss"] / MiB, 1), "get_rps": load["rps"], "p99_ms": load["p99_latency_ms"],
+                  **paired, "swap_ins": window["faults"], "manager_cpu_s": round(window["cpu"], 2), "load": window["load"]})
         progress(f"{contender.name} window {k + 1}/{count} at {window['t']:.0f} s: "
                  f"VmRSS {window['rss'] / MiB:.0f} MiB, {load['rps']:.0f} GET/s, p99 {load['p99_latency_ms']:.3f} ms, "
-                 f"swap-ins {window['faults']}, manager CPU {window['cpu']:.1f} s, load {window['load']:.1f}")
+                 f"swap-ins {window['faults']}, manager CPU {window['cpu']:.1f} s, load {window['load']:.1f}"
+                 + (f"; reference {window['ref_rps']:.0f} GET/s, p99 {window['ref_p99']:.3f} ms" if paired else ""))
     cpu = contender.cpu_seconds()
     stats = server.info("stats")
     hits, misses = int(stats.get("keyspace_hits", 0)), int(stats.get("keyspace_misses", 0))
@@ -529,7 +549,7 @@ def report(out: Output, name: str, etmem: bool, seen: dict, base: dict | None, d
     out.figure(name, "manager_cpu_seconds_per_gib", round(seen["cpu"] / (data_bytes / GiB), 2), "s/GiB")
     out.figure(name, "get_hit_ratio", round(seen["hit_ratio"], 4), "ratio")
     out.figure(name, "load_average", round(statistics.mean(x["load"] for x in w), 1), "1-min load, mean over windows")
-    if seen["zram"]["orig_data_size"]:
+    if seen["zram"]["orig_data_size"] > MiB:   # the device is the machine's top swap: others' few pages land in it too
         out.figure(name, "zram_stored_mib", round(seen["zram"]["orig_data_size"] / MiB, 1), "MiB")
         out.figure(name, "zram_compression_ratio",
                    round(seen["zram"]["orig_data_size"] / max(1, seen["zram"]["mem_used_total"]), 2), "ratio")
@@ -542,12 +562,22 @@ def report(out: Output, name: str, etmem: bool, seen: dict, base: dict | None, d
     out.figure(name, "rss_given_back_mib", round(given / MiB, 1), "MiB")
     out.figure(name, "rss_given_back_percent_of_data", round(100 * given / data_bytes, 1), "%")
     out.figure(name, "rss_reduced_share", round(given / b[-1]["rss"], 3), "ratio", ">= 0.5" if etmem else None)
+    paired = "ref_rps" in w[0]
+    if paired:   # the primary ratios: each window against the reference's window right after it
+        out.figure(name, "get_rps_vs_reference", round(statistics.mean(x["rps"] / x["ref_rps"] for x in w[since:]), 3),
+                   "ratio", ">= 0.95" if etmem else None)
+        out.figure(name, "get_p99_vs_reference", round(statistics.median(x["p99_latency_ms"] / x["ref_p99"] for x in w[since:]), 3),
+                   "ratio", "<= 1.2" if etmem else None)
+        out.figure(name, "get_rps_vs_reference_all_windows", round(statistics.mean(x["rps"] / x["ref_rps"] for x in w), 3), "ratio")
+        out.figure(name, "get_p99_vs_reference_all_windows",
+                   round(statistics.median(x["p99_latency_ms"] / x["ref_p99"] for x in w), 3), "ratio")
+    target = etmem and not paired
     base_rps = statistics.mean(x["rps"] for x in b)
     base_p99 = statistics.median(x["p99_latency_ms"] for x in b)
     out.figure(name, "get_rps_ratio", round(statistics.mean(x["rps"] for x in w[since:]) / base_rps, 3), "ratio",
-               ">= 0.95" if etmem else None)
+               ">= 0.95" if target else None)
     out.figure(name, "get_p99_ratio", round(statistics.median(x["p99_latency_ms"] for x in w[since:]) / base_p99, 3),
-               "ratio", "<= 1.2" if etmem else None)
+               "ratio", "<= 1.2" if target else None)
     out.figure(name, "get_rps_ratio_all_windows", round(statistics.mean(x["rps"] for x in w) / base_rps, 3), "ratio")
     out.figure(name, "get_p99_ratio_all_windows",
                round(statistics.median(x["p99_latency_ms"] for x in w) / base_p99, 3), "ratio")
@@ -589,6 +619,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--windows", type=int, default=30, help="windows per managed contender")
     p.add_argument("--base-windows", type=int, default=8, help="windows of unmanaged (the ratios' base)")
     p.add_argument("--clients", type=int, default=50)
+    p.add_argument("--paired", action=argparse.BooleanOptionalAction, default=True,
+                   help="follow each managed window by one of an unmanaged reference server with the same data")
     p.add_argument("--loop", type=int, default=2, help="slide: passes per round")
     p.add_argument("--sleep", type=int, default=1, help="slide: seconds between passes")
     p.add_argument("--interval", type=int, default=5, help="slide: seconds between rounds")
@@ -680,10 +712,16 @@ def run_contender(out: Output, contender, kernel: Kernel, options, workdir: Path
                               "requests_per_window": state["requests"], "release": kernel.release,
                               "cpus": os.cpu_count(), "zram": device.device, "zram_priority": ZRAM_PRIORITY,
                               "tmpdir": str(workdir), "seed": SEED}})
+        reference = None
+        if options.paired and name != "unmanaged":
+            reference = RedisServer(workdir, f"{name}-reference", data_bytes, rdb=rdb)
+            one.callback(reference.stop)
+            reference.start()
         one.callback(contender.stop)
         out.line({"contender": name, "server_pid": server.pid, "cgroup": cgroup,
+                  "reference_pid": reference.pid if reference else None,
                   "loaded_rss_mib": round(vm_rss_bytes(server.pid) / MiB, 1)})
-        seen = measure(contender, server, device, options, hot, state["requests"])
+        seen = measure(out, contender, server, device, options, hot, state["requests"], reference)
         if contender.config():
             out.line({"contender": name, "config": contender.config()})
         if name == "unmanaged":
