@@ -8,9 +8,10 @@ see only the views of the plugin API (strategy.py), never these objects. A few e
 commands belong to every engine and are answered here before the engine sees them
 (`GENERIC_COMMANDS`: `history`, each task's recent rounds as JSON lines).
 
-Locks guard names and dicts only, never a call into an engine: an engine that takes
-long to build, start or stop (a C engine's helper process, a 20 s stop_task) holds up
-requests for its own objects, never `show` or other projects.
+The Manager's and the projects' locks guard names and dicts only, never a call into an
+engine: an engine that takes long to build, start or stop (a C engine's helper process, a
+20 s stop_task) holds up requests for its own objects, never `show` or other projects.
+Only a task's own start/stop lock is held through its engine's start_task or stop_task.
 """
 from __future__ import annotations
 
