@@ -18,7 +18,8 @@ Figures, one JSON line each ({"bench": "apps", "kernel", "contender", "metric", 
 - rss_mib, rss_given_back_mib (unmanaged's VmRSS at its last window less the contender's
   at its last: unmanaged's is flat), rss_given_back_percent_of_data (of N x 1000 bytes),
   rss_reduced_share (of unmanaged's VmRSS);
-- get_rps_vs_reference and get_p99_vs_reference (with `--paired`, the default): a second,
+- get_rps_vs_reference and get_p99_vs_reference (with `--paired`, the default where
+  MemAvailable holds 4x the data set, so not in a small guest; `--no-paired`): a second,
   unmanaged server with the same data runs beside each managed one, and each managed window
   is followed by one of it, so both see the same moment of a shared machine's load; the mean
   of the per-window GET/s ratios and the median of the p99 ratios, over the windows from
@@ -69,7 +70,8 @@ benchmarks/app_guest.py's. `--out PATH` also writes the JSON lines to PATH.
 Needs root (the zram device), redis-server, redis-benchmark and redis-cli.
 
     python benchmarks/bench_apps.py [--contenders unmanaged,slide-refault,slide-smaps]
-        [--keys 1000000] [--hot-percent 10] [--window 30] [--windows 20] [--clients 50]
+        [--keys 1000000] [--hot-percent 10] [--window 20] [--windows 30] [--base-windows 8]
+        [--clients 50] [--no-paired] [--in-cgroup] [--in-guest] [--out PATH]
 """
 from __future__ import annotations
 
@@ -181,6 +183,14 @@ def system_pswpin() -> int:
         for line in f:
             if line.startswith("pswpin "):
                 return int(line.split()[1])
+    return 0
+
+
+def available_bytes() -> int:
+    with open("/proc/meminfo") as f:
+        for line in f:
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
     return 0
 
 
@@ -619,8 +629,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--windows", type=int, default=30, help="windows per managed contender")
     p.add_argument("--base-windows", type=int, default=8, help="windows of unmanaged (the ratios' base)")
     p.add_argument("--clients", type=int, default=50)
-    p.add_argument("--paired", action=argparse.BooleanOptionalAction, default=True,
-                   help="follow each managed window by one of an unmanaged reference server with the same data")
+    p.add_argument("--paired", action=argparse.BooleanOptionalAction, default=None,
+                   help="follow each managed window by one of an unmanaged reference server with the same data "
+                        "(default: when MemAvailable holds 4x the data set, for the second server)")
     p.add_argument("--loop", type=int, default=2, help="slide: passes per round")
     p.add_argument("--sleep", type=int, default=1, help="slide: seconds between passes")
     p.add_argument("--interval", type=int, default=5, help="slide: seconds between rounds")
@@ -660,6 +671,10 @@ def main(argv: list[str] | None = None) -> int:
         signal.signal(signum, on_signal)
     data_bytes = options.keys * VALUE_BYTES
     hot = max(1, int(options.keys * options.hot_percent / 100))
+    if options.paired is None:   # two servers, the RDB's page cache and what zram holds
+        options.paired = available_bytes() >= 4 * data_bytes
+        if not options.paired:
+            progress(f"no reference server: MemAvailable {available_bytes() >> 20} MiB < 4x the data set")
     with ExitStack() as stack:
         stack.callback(out.close)
         workdir = Path(tempfile.mkdtemp(prefix="etmem-bench-apps-"))
