@@ -273,8 +273,8 @@ class Etmemd(Contender):
             return True
 
     def show(self) -> str:
-        """`etmem project show -v -o json` of the running project (for the benchmark's log)."""
-        return self.client("project", "show", "-n", self.project, "-v", "-o", "json", check=False).stdout
+        """`etmem project show -o json` of the running project (statistics included), for the guest's console."""
+        return self.client("project", "show", "-n", self.project, "-o", "json", check=False).stdout
 
     def cpu_seconds(self) -> float:
         if self.proc is not None and self.proc.poll() is None:
@@ -286,7 +286,7 @@ class Etmemd(Contender):
             self.cpu_seconds()
             if self._loaded:   # project stop and obj del undo what the engine set up (kdamonds, ...)
                 # what the engine saw, for the guest's console: the figures alone do not say why
-                print(f"app_contenders: {self.name}: etmem project show -v -o json: {self.show().strip()}",
+                print(f"app_contenders: {self.name}: etmem project show -o json: {self.show().strip()}",
                       file=sys.stderr, flush=True)
                 self.client("project", "stop", "-n", self.project, check=False)
                 self.client("obj", "del", "-f", self.config_path, check=False)
