@@ -5,8 +5,8 @@ user would pick instead (damo, DAMON_RECLAIM, memory.high).
 Every contender probes the running kernel for what it needs (`unavailable`), sets itself up
 on one Redis server (`start`), undoes all of it (`stop`, idempotent) and says how much CPU
 its manager has used (`cpu_seconds`). The probes only read; on a machine whose DAMON,
-cgroups or modules are not ours (the build hosts) every contender here reports why it
-cannot run and touches nothing.
+cgroups or modules are not ours (the build hosts) every contender here but slide-refault and
+slide-smaps reports why it cannot run and touches nothing.
 """
 from __future__ import annotations
 
@@ -306,15 +306,18 @@ class Etmemd(Contender):
 
 
 def slide_config(pid: int, scanner: str, project: str = "redis", loop: int = 2, sleep: int = 1,
-                 interval: int = 5, T: int = 1) -> str:
+                 interval: int = 5, T: int = 1, refault_budget: float | None = None,
+                 max_threads: int | None = None) -> str:
     """A slide project on one process: `loop` passes `sleep` s apart every `interval` s; pages used fewer than T times are cold."""
+    budget = "" if refault_budget is None else f"refault_budget={refault_budget:g}\n"
+    threads = "" if max_threads is None else f"max_threads={max_threads}\n"
     return f"""[project]
 name={project}
 loop={loop}
 sleep={sleep}
 interval={interval}
 scanner={scanner}
-
+{budget}
 [engine]
 name=slide
 project={project}
@@ -326,7 +329,7 @@ name=redis
 type=pid
 value={pid}
 T={T}
-"""
+{threads}"""
 
 
 def psi_config(cg_dir: str, project: str = "redis") -> str:
@@ -381,10 +384,39 @@ class Slide(Etmemd):
     """slide on the server's pid with one access source; the settings bench_apps.py gives every slide."""
 
     scanner = ""
+    max_threads: int | None = None
 
     def config_text(self, server) -> str:
+        budget = self.option("refault_budget", 5) if self.scanner == "refault" else None
         return slide_config(server.pid, self.scanner, self.project, loop=self.option("loop", 2),
-                            sleep=self.option("sleep", 1), interval=self.option("interval", 5), T=self.option("T", 1))
+                            sleep=self.option("sleep", 1), interval=self.option("interval", 5), T=self.option("T", 1),
+                            refault_budget=budget, max_threads=self.max_threads)
+
+
+class SlideRefault(Slide):
+    """slide on the refault source: the one a kernel without access bits leaves (this build host's)."""
+
+    name = "slide-refault"
+    scanner = "refault"
+    project = "bench"
+    max_threads = 1
+
+    def unavailable(self, kernel_info=None) -> str | None:
+        if not kernel.has_process_madvise():
+            return kernel.missing("process_madvise")
+        return None if kernel.swap_active() else "no swap is on"
+
+
+class SlideSmaps(Slide):
+    """slide on smaps, which sees a whole mapping as one unit: what slide did here before the refault source."""
+
+    name = "slide-smaps"
+    scanner = "smaps"
+    project = "bench"
+    max_threads = 1
+
+    def unavailable(self, kernel_info=None) -> str | None:
+        return None if kernel.has_process_madvise() else kernel.missing("process_madvise")
 
 
 class SlidePageIdle(Slide):
@@ -657,4 +689,4 @@ class MemoryHigh(Contender):
 
 
 # what bench_apps.py picks from by name
-CONTENDERS = [Psi, DamonEngine, SlidePageIdle, SlideDamon, Damo, DamonReclaim, MemoryHigh]
+CONTENDERS = [SlideRefault, SlideSmaps, Psi, DamonEngine, SlidePageIdle, SlideDamon, Damo, DamonReclaim, MemoryHigh]

@@ -42,11 +42,10 @@ take our pages first and, on their swapoff, bring them back; below bench_refault
 Everything started here (servers, etmemd, the zram device, a cgroup, the temp dir) is
 stopped or removed on exit, on Ctrl-C and on SIGTERM; only pids started here are signalled.
 
-Contenders (`--contenders a,b,c`): this file's `unmanaged`, `slide-refault` and
-`slide-smaps` (etmem's slide run by a real etmemd process with a config file, driven by
-the real `etmem` client: what the host can run), plus every contender class that
-benchmarks/app_contenders.py defines (its `CONTENDERS` list, or else each class of it with
-a `name` and a `start`). The contract a contender keeps:
+Contenders (`--contenders a,b,c`): this file's `unmanaged`, plus those in
+benchmarks/app_contenders.py's `CONTENDERS`: etmem's (a real etmemd process with a config
+file, driven by the real `etmem` client; `slide-refault` and `slide-smaps` are what a host
+without access bits can run) and the peers'. The contract a contender keeps:
 
     class Contender:
         name: str                        # "slide-refault", "psi", "damo", "memory.high", ...
@@ -59,7 +58,7 @@ a `name` and a `start`). The contract a contender keeps:
         def cpu_seconds(self) -> float   # the manager's CPU seconds so far (0.0 for unmanaged)
         def config(self) -> str | None   # what it was set up with, for the output
 
-`kernel` is a `Kernel` (label "host-6.18" or "guest-6.12", release, in_guest,
+`kernel` is a `Kernel` (label "host-6.18" or "guest-" and the full release, in_guest,
 cgroup2_memory). A contender that gives a reason prints {"contender": ..., "skipped":
 reason} and the run goes on. With `needs_cgroup`, or for every contender with
 `--in-cgroup`, the server starts inside /sys/fs/cgroup/etmem-bench-<pid>-<contender> when
@@ -82,13 +81,11 @@ import os
 import platform
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-import uuid
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
@@ -105,7 +102,6 @@ VALUE_BYTES = 1000
 ZRAM_PRIORITY = 32700
 CGROUP_ROOT = "/sys/fs/cgroup"
 SEED = 16
-CLK_TCK = os.sysconf("SC_CLK_TCK")
 BENCH_DIR = Path(__file__).resolve().parent
 
 
@@ -141,7 +137,7 @@ def progress(text: str) -> None:
 
 @dataclass
 class Kernel:
-    label: str            # "host-6.18", "guest-6.12"
+    label: str            # "host-6.18", "guest-6.12.117+deb12-amd64": the two guest kernels apart
     release: str
     in_guest: bool
     cgroup2_memory: bool  # /sys/fs/cgroup is cgroup2 with the memory controller
@@ -151,7 +147,7 @@ def probe_kernel(in_guest: bool) -> Kernel:
     release = platform.release()
     short = ".".join(release.split(".")[:2])
     mounts = kernel_features.cgroup_mounts()
-    return Kernel(label=f"{'guest' if in_guest else 'host'}-{short}", release=release, in_guest=in_guest,
+    return Kernel(label=f"guest-{release}" if in_guest else f"host-{short}", release=release, in_guest=in_guest,
                   cgroup2_memory=mounts.get("cgroup2") == CGROUP_ROOT and kernel_features.has_cgroup2_memory())
 
 
@@ -159,11 +155,6 @@ def proc_stat_fields(pid: int) -> list[str]:
     """/proc/PID/stat's fields from field 3 (state) on: the comm may hold spaces."""
     with open(f"/proc/{pid}/stat") as f:
         return f.read().rsplit(")", 1)[1].split()
-
-
-def cpu_seconds_of(pid: int) -> float:
-    fields = proc_stat_fields(pid)
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK    # utime, stime (fields 14, 15)
 
 
 def major_faults(pid: int) -> int:
@@ -364,135 +355,15 @@ class Unmanaged(Contender):
     name = "unmanaged"
 
 
-class EtmemdSlide(Contender):
-    """etmem's slide engine on the server's pid, run by a real etmemd from a config file."""
-
-    etmem = True
-    scanner = "auto"
-
-    def __init__(self, options: argparse.Namespace):
-        super().__init__(options)
-        self.daemon: subprocess.Popen | None = None
-        self.socket_name = f"etmem-bench-apps-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-        self.workdir: str | None = None
-        self.started = False
-        self.last_cpu = self.cpu_at_start = 0.0
-        self.text: str | None = None
-
-    def unavailable(self, kernel: Kernel) -> str | None:
-        if not kernel_features.has_process_madvise():
-            return kernel_features.missing("process_madvise")
-        return None
-
-    def config_text(self, pid: int) -> str:
-        o = self.options
-        budget = f"refault_budget={o.refault_budget:g}\n" if self.scanner == "refault" else ""
-        return (f"[project]\nname=bench\nloop={o.loop}\ninterval={o.interval}\nsleep={o.sleep}\n"
-                f"scanner={self.scanner}\n{budget}\n[engine]\nname=slide\nproject=bench\n\n"
-                f"[task]\nproject=bench\nengine=slide\nname=redis\ntype=pid\nvalue={pid}\nT={o.T}\nmax_threads=1\n")
-
-    def etmem_cli(self, *args: str) -> None:
-        result = subprocess.run([tool("etmem"), *args, "-s", self.socket_name], capture_output=True, text=True, timeout=120)
-        if result.returncode != 0:
-            raise RuntimeError(f"etmem {' '.join(args)}: {(result.stdout + result.stderr).strip()}\n"
-                               f"etmemd's log: {self.log_tail()}")
-
-    def log_tail(self) -> str:
-        try:
-            return " | ".join(Path(self.workdir, "etmemd.log").read_text(errors="replace").strip().splitlines()[-5:])
-        except (OSError, TypeError):
-            return "(no log)"
-
-    def listening(self) -> bool:
-        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
-            try:
-                s.connect(b"\0" + self.socket_name.encode())
-            except OSError:
-                return False
-            return True
-
-    def start(self, server) -> None:
-        self.workdir = tempfile.mkdtemp(prefix="etmem-bench-apps-etmemd-")
-        config = os.path.join(self.workdir, "slide.conf")
-        self.text = self.config_text(server.pid)
-        fd = os.open(config, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)   # etmemd reads only root-only files
-        with os.fdopen(fd, "w") as f:
-            f.write(self.text)
-        with open(os.path.join(self.workdir, "etmemd.log"), "wb") as log:
-            self.daemon = subprocess.Popen([tool("etmemd"), "-s", self.socket_name, "-l", "1"], stdin=subprocess.DEVNULL,
-                                           stdout=log, stderr=subprocess.STDOUT, start_new_session=True, cwd="/")
-        deadline = time.monotonic() + 30
-        while not self.listening():
-            if self.daemon.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"etmemd did not start: {self.log_tail()}")
-            time.sleep(0.05)
-        self.etmem_cli("obj", "add", "-f", config)
-        self.cpu_at_start = cpu_seconds_of(self.daemon.pid)   # the daemon's start-up is not management
-        self.etmem_cli("project", "start", "-n", "bench")
-        self.started = True
-
-    def cpu_seconds(self) -> float:
-        if self.daemon is not None and self.daemon.poll() is None:
-            try:
-                self.last_cpu = cpu_seconds_of(self.daemon.pid) - self.cpu_at_start
-            except OSError:
-                pass
-        return self.last_cpu
-
-    def stop(self) -> None:
-        if self.daemon is not None:
-            self.cpu_seconds()
-            if self.started and self.daemon.poll() is None:
-                try:
-                    self.etmem_cli("project", "stop", "-n", "bench")
-                except (RuntimeError, subprocess.TimeoutExpired) as exc:
-                    progress(f"{self.name}: {exc}")
-            self.started = False
-            stop_process(self.daemon)
-            self.daemon = None
-        if self.workdir is not None:
-            shutil.rmtree(self.workdir, ignore_errors=True)
-            self.workdir = None
-
-    def config(self) -> str | None:
-        return self.text
-
-
-class SlideRefault(EtmemdSlide):
-    name = "slide-refault"
-    scanner = "refault"
-
-    def unavailable(self, kernel: Kernel) -> str | None:
-        return super().unavailable(kernel) or (None if kernel_features.swap_active() else "no swap is on")
-
-
-class SlideSmaps(EtmemdSlide):
-    name = "slide-smaps"
-    scanner = "smaps"
-
-
-HERE = [Unmanaged, SlideRefault, SlideSmaps]
-
-
-def tool(name: str) -> str:
-    """An installed console script, preferring the one beside this Python."""
-    beside = Path(sys.executable).parent / name
-    return str(beside) if beside.exists() else (shutil.which(name) or name)
+HERE = [Unmanaged]   # etmem's and the peers' are in app_contenders.py
 
 
 def known_contenders() -> dict[str, type]:
-    """This file's contenders and benchmarks/app_contenders.py's, by name."""
-    found = {cls.name: cls for cls in HERE}
-    if (BENCH_DIR / "app_contenders.py").exists():
+    """unmanaged and benchmarks/app_contenders.py's contenders (etmem's and the peers'), by name."""
+    if str(BENCH_DIR) not in sys.path:
         sys.path.insert(0, str(BENCH_DIR))
-        module = importlib.import_module("app_contenders")
-        classes = getattr(module, "CONTENDERS", None)
-        if classes is None:
-            classes = [v for v in vars(module).values()
-                       if isinstance(v, type) and v.__module__ == module.__name__ and isinstance(getattr(v, "name", None), str)
-                       and callable(getattr(v, "start", None))]
-        found.update({cls.name: cls for cls in classes})
-    return found
+    module = importlib.import_module("app_contenders")
+    return {cls.name: cls for cls in [*HERE, *module.CONTENDERS]}
 
 
 # --- one contender's run --------------------------------------------------------------------
@@ -639,12 +510,36 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--refault-budget", type=float, default=5.0, help="slide-refault: percent of resident per minute")
     p.add_argument("--in-cgroup", action="store_true", help="run every contender's server in a cgroup v2 of its own")
     p.add_argument("--in-guest", action="store_true", help="label the kernel as a guest's (benchmarks/app_guest.py)")
+    p.add_argument("--guest", choices=("test", "debian", "both"),
+                   help="run in QEMU guests instead (benchmarks/app_guest.py): the test kernel, Debian's, or both")
+    p.add_argument("--guest-timeout", type=float, default=3600.0, help="with --guest: seconds per guest, boot included")
     p.add_argument("--out", help="also append the JSON lines to this file")
     return p.parse_args(argv)
 
 
+HOST_ONLY_OPTIONS = ("--guest", "--guest-timeout", "--out")   # the guest's --out is app_guest's own
+
+
+def without_host_options(argv: list[str]) -> list[str]:
+    """argv less --guest, --guest-timeout and --out (either form), for the run inside the guest."""
+    kept, skip = [], False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg in HOST_ONLY_OPTIONS:
+            skip = True
+        elif not arg.startswith(tuple(f"{o}=" for o in HOST_ONLY_OPTIONS)):
+            kept.append(arg)
+    return kept
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
     options = parse_args(argv)
+    if options.guest:
+        import app_guest     # beside this file; boots vng, runs this script with --in-guest there
+        return app_guest.main(["--kernel", options.guest, "--timeout", str(options.guest_timeout),
+                               *(["--out", options.out] if options.out else []), "--", *without_host_options(argv)])
     kernel = probe_kernel(options.in_guest)
     out = Output(kernel.label, options.out)
     missing = [t for t in ("redis-server", "redis-benchmark", "redis-cli") if not shutil.which(t)]

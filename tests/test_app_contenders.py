@@ -84,6 +84,17 @@ def test_slide_contenders_take_the_benchmark_settings_and_name_their_source():
     assert "scanner=page_idle\n" in ac.SlidePageIdle().config_text(SimpleNamespace(pid=77))
 
 
+def test_the_host_slide_contenders_carry_the_refault_budget_and_one_thread():
+    options = SimpleNamespace(loop=2, sleep=1, interval=5, T=1, refault_budget=7.5)
+    cfg = loader.load_text(ac.SlideRefault(options).config_text(SimpleNamespace(pid=99)), "slide.conf")
+    project, = cfg.projects
+    task, = cfg.tasks
+    assert (project.name, project.scanner, task.common.value) == ("bench", "refault", "99")
+    assert project.refault_budget == 7.5 and task.common.max_threads == 1
+    smaps = ac.SlideSmaps(options).config_text(SimpleNamespace(pid=99))
+    assert "scanner=smaps\n" in smaps and "refault_budget" not in smaps and "max_threads=1\n" in smaps
+
+
 def test_psi_config_names_the_cgroup_relative_to_the_mount(monkeypatch):
     monkeypatch.setattr(kernel, "cgroup_mounts", lambda: {"cgroup2": "/sys/fs/cgroup"})
     server = SimpleNamespace(pid=1, cgroup="/sys/fs/cgroup/etmem-bench-1-psi")
@@ -202,7 +213,7 @@ BUILD_HOST = "memory" in kernel.cgroup_mounts() and not kernel.has_cgroup2_memor
 
 @pytest.mark.skipif(not BUILD_HOST, reason="needs a machine whose memory cgroups are v1, the machine's own "
                     "(the build hosts); elsewhere these contenders may well run")
-@pytest.mark.parametrize("cls", ac.CONTENDERS, ids=lambda cls: cls.name)
+@pytest.mark.parametrize("cls", [c for c in ac.CONTENDERS if c not in (ac.SlideRefault, ac.SlideSmaps)], ids=lambda cls: cls.name)
 def test_on_a_build_host_each_guest_only_contender_gives_a_one_line_reason_and_writes_nothing(cls, monkeypatch):
     real_open, real_os_open = builtins.open, os.open
     writes = []
@@ -252,3 +263,15 @@ def test_guest_kernel_refuses_a_kernel_it_does_not_know():
 
     with pytest.raises(ValueError, match="test or debian"):
         app_guest.guest_kernel("fedora")
+
+
+def test_bench_apps_guest_option_hands_the_run_to_app_guest_without_the_host_only_options(monkeypatch):
+    import app_guest
+    import bench_apps
+
+    seen = []
+    monkeypatch.setattr(app_guest, "main", lambda argv: seen.append(argv) or 0)
+    argv = ["--guest", "debian", "--keys", "150000", "--out=/tmp/host.jsonl", "--guest-timeout", "900", "--window", "15"]
+    assert bench_apps.main(argv) == 0
+    assert seen == [["--kernel", "debian", "--timeout", "900.0", "--out", "/tmp/host.jsonl",
+                     "--", "--keys", "150000", "--window", "15"]]
