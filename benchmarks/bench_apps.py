@@ -75,7 +75,6 @@ Needs root (the zram device), redis-server, redis-benchmark and redis-cli.
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
 import os
 import platform
@@ -103,6 +102,10 @@ ZRAM_PRIORITY = 32700
 CGROUP_ROOT = "/sys/fs/cgroup"
 SEED = 16
 BENCH_DIR = Path(__file__).resolve().parent
+if str(BENCH_DIR) not in sys.path:      # app_contenders and app_guest sit beside this file
+    sys.path.insert(0, str(BENCH_DIR))
+import app_contenders  # noqa: E402
+from app_contenders import vm_rss_bytes  # noqa: E402
 
 
 # --- output ---------------------------------------------------------------------------------
@@ -159,14 +162,6 @@ def proc_stat_fields(pid: int) -> list[str]:
 
 def major_faults(pid: int) -> int:
     return int(proc_stat_fields(pid)[9])                    # majflt (field 12)
-
-
-def vm_rss_bytes(pid: int) -> int:
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-    raise RuntimeError(f"/proc/{pid}/status has no VmRSS line")
 
 
 def system_pswpin() -> int:
@@ -360,10 +355,7 @@ HERE = [Unmanaged]   # etmem's and the peers' are in app_contenders.py
 
 def known_contenders() -> dict[str, type]:
     """unmanaged and benchmarks/app_contenders.py's contenders (etmem's and the peers'), by name."""
-    if str(BENCH_DIR) not in sys.path:
-        sys.path.insert(0, str(BENCH_DIR))
-    module = importlib.import_module("app_contenders")
-    return {cls.name: cls for cls in [*HERE, *module.CONTENDERS]}
+    return {cls.name: cls for cls in [*HERE, *app_contenders.CONTENDERS]}
 
 
 # --- one contender's run --------------------------------------------------------------------

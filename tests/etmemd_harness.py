@@ -101,16 +101,21 @@ def etmem_engine_types():
 '''
 
 
-def install_probe_plugin(directory: Path) -> Path:
-    """A directory that, on PYTHONPATH, provides the `probe` engine through the
-    `etmem` entry-point group, as a pip-installed plugin would."""
+def install_plugin(directory: Path, engine: str, module: str, source: str) -> Path:
+    """A directory that, on PYTHONPATH, provides `engine` from `module` (its `source`)
+    through the `etmem` entry-point group, as a pip-installed plugin would."""
     directory.mkdir(parents=True, exist_ok=True)
-    (directory / "etmem_probe_plugin.py").write_text(PROBE_PLUGIN)
-    info = directory / "etmem_probe_plugin-0.1.dist-info"
+    (directory / f"{module}.py").write_text(source)
+    info = directory / f"{module}-0.1.dist-info"
     info.mkdir(exist_ok=True)
-    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: etmem-probe-plugin\nVersion: 0.1\n")
-    (info / "entry_points.txt").write_text("[etmem]\nprobe = etmem_probe_plugin\n")
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {module.replace('_', '-')}\nVersion: 0.1\n")
+    (info / "entry_points.txt").write_text(f"[etmem]\n{engine} = {module}\n")
     return directory
+
+
+def install_probe_plugin(directory: Path) -> Path:
+    """The `probe` engine's plugin directory (see install_plugin)."""
+    return install_plugin(directory, "probe", "etmem_probe_plugin", PROBE_PLUGIN)
 
 
 def write_config(path: Path, text: str, mode: int = 0o600) -> Path:

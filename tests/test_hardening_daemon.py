@@ -26,7 +26,7 @@ from etmem.cli.client import request
 from etmem.errors import Cause, ObjectError
 from etmem.plugins import Plugins
 from etmem.protocol import Command, Request
-from etmemd_harness import Etmemd, probe_config, script, unique_socket_name, write_config
+from etmemd_harness import Etmemd, install_plugin, probe_config, script, unique_socket_name, write_config
 
 pytestmark = pytest.mark.usefixtures("need_root")
 
@@ -526,12 +526,7 @@ def etmem_engine_types():
 
 
 def test_etmemd_answers_project_show_while_obj_add_builds_an_engine(tmp_path, target):
-    plugin = tmp_path / "plugin"
-    info = plugin / "etmem_slowinit-0.1.dist-info"
-    info.mkdir(parents=True)
-    (plugin / "etmem_slowinit.py").write_text(SLOW_PLUGIN)
-    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: etmem-slowinit\nVersion: 0.1\n")
-    (info / "entry_points.txt").write_text("[etmem]\nslowinit = etmem_slowinit\n")
+    plugin = install_plugin(tmp_path / "plugin", "slowinit", "etmem_slowinit", SLOW_PLUGIN)
     d = Etmemd(tmp_path, plugin_dir=plugin).start()
     try:
         conf = write_config(tmp_path / "slow.conf", probe_config("slow", target, engine="slowinit"))
@@ -630,12 +625,7 @@ def etmem_engine_types():
 
 
 def test_sigterm_ends_etmemd_though_a_round_does_not_end(tmp_path, target):
-    plugin = tmp_path / "plugin"
-    info = plugin / "etmem_stuckround-0.1.dist-info"
-    info.mkdir(parents=True)
-    (plugin / "etmem_stuckround.py").write_text(STUCK_PLUGIN)
-    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: etmem-stuckround\nVersion: 0.1\n")
-    (info / "entry_points.txt").write_text("[etmem]\nstuckround = etmem_stuckround\n")
+    plugin = install_plugin(tmp_path / "plugin", "stuckround", "etmem_stuckround", STUCK_PLUGIN)
     d = Etmemd(tmp_path, plugin_dir=plugin).start()
     try:
         conf = write_config(tmp_path / "stuck.conf", probe_config("stuck", target, engine="stuckround"))
