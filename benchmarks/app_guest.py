@@ -75,6 +75,11 @@ def guest_script(rwdir: str, results: str, args: list[str], config: Path | None)
         "echo \"bench_apps: guest up after $(cut -d' ' -f1 /proc/uptime) s, kernel $(uname -r)\"\n",
         # zram is a module in Debian's kernel (built into the test kernel)
         "modprobe -q zram 2>/dev/null\n",
+        # every contender swaps to the benchmark's zram device, on both kernels: the test
+        # kernel turns zswap on by default (Debian's does not), and zswap's pool is charged
+        # to the cgroup, so pages of these barely compressible values would stay charged
+        # and hold a server under memory.high in its reclaim
+        "[ -w /sys/module/zswap/parameters/enabled ] && echo N > /sys/module/zswap/parameters/enabled\n",
         # damo reads DAMON's trace events at start-up; the kernels that have tracefs may not mount it
         "grep -qw tracefs /proc/filesystems && ! grep -qw tracefs /proc/self/mounts && "
         "mount -t tracefs nodev /sys/kernel/tracing 2>/dev/null\n",

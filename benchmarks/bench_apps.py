@@ -6,9 +6,10 @@ A data set of `--keys` keys of 1000 bytes, named as `redis-benchmark -r` names t
 through the heap. It is filled once through `redis-cli --pipe` and saved as an RDB; every
 contender then gets a fresh server loaded from that RDB (unix socket, no saving, no AOF),
 one at a time, `unmanaged` first. Each managed contender runs `--windows` windows of a GET
-load (`redis-benchmark -t get -r <hot> -d 1000 -c <clients> --csv`, the same request count
-per window for every contender, sized from a calibration to last about `--window` s on the
-unloaded server), unmanaged `--base-windows` of them; after each window the server's
+load (`redis-benchmark -t get -r <hot> -d 1000 -c <clients> --csv`; each window's request
+count is `--window` s at the GET/s the unmanaged server last showed, so windows keep their
+length as the machine's speed changes; a window still running after `--window-timeout` s
+is cut short and its GET/s counted by the server), unmanaged `--base-windows` of them; after each window the server's
 VmRSS and major faults, the manager's CPU seconds, the system's pswpin and the load
 average are read and a progress line goes to stderr.
 
@@ -33,7 +34,8 @@ Figures, one JSON line each ({"bench": "apps", "kernel", "contender", "metric", 
   of data set;
 - seconds_to_steady_state: the end of the first window after which VmRSS stays within 2%
   of its value there for two windows or more, to the end of the run (null: not reached);
-- get_hit_ratio (keyspace hits over lookups: 1.0 proves the load reads the keys we wrote).
+- get_hit_ratio (keyspace hits over lookups: 1.0 proves the load reads the keys we wrote);
+- windows_cut_short (their p99 is unknown and left out of the p99 figures).
 
 The run's settings, each contender's config and each window's readings are JSON lines of
 their own ("run", "config", "window"). A zram swap device of the benchmark's own holds what is swapped (priority
@@ -302,20 +304,52 @@ def build_rdb(workdir: Path, keys: int) -> Path:
     return workdir / "fill.rdb"
 
 
-def run_load(server: RedisServer, hot: int, requests: int, clients: int) -> dict[str, float]:
-    """One GET window; redis-benchmark 7's --csv gives rps, avg/min/p50/p95/p99/max latency (ms)."""
+def get_calls(server: RedisServer) -> int:
+    """GETs the server has answered since it started (INFO commandstats' cmdstat_get calls)."""
+    fields = server.info("commandstats").get("cmdstat_get", "")
+    return int(dict(part.split("=", 1) for part in fields.split(",") if "=" in part).get("calls", 0))
+
+
+def run_load(server: RedisServer, hot: int, requests: int, clients: int, timeout: float = 3600.0) -> dict:
+    """One GET window; redis-benchmark 7's --csv gives rps, avg/min/p50/p95/p99/max latency (ms).
+
+    A window still running after `timeout` s (a server stalled in its reclaim) is cut short:
+    its GET/s are then the server's own count of GETs answered over the window, its
+    latencies None, and "cut_short" is set."""
+    before = get_calls(server)
     began = time.monotonic()
-    result = subprocess.run(["redis-benchmark", "-s", server.socket, "-t", "get", "-r", str(hot), "-d", str(VALUE_BYTES),
+    proc = subprocess.Popen(["redis-benchmark", "-s", server.socket, "-t", "get", "-r", str(hot), "-d", str(VALUE_BYTES),
                              "-n", str(requests), "-c", str(clients), "--csv", "--precision", "3"],
-                            capture_output=True, text=True, timeout=3600)
+                            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        stdout, stderr = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.communicate()
+        seconds = time.monotonic() - began
+        return {"rps": (get_calls(server) - before) / seconds, "p99_latency_ms": None, "seconds": seconds,
+                "cut_short": True}
     seconds = time.monotonic() - began
-    rows = [line.replace('"', "").split(",") for line in result.stdout.splitlines() if line.strip()]
-    if result.returncode != 0 or len(rows) < 2 or rows[0][:2] != ["test", "rps"]:
-        raise RuntimeError(f"redis-benchmark gave no CSV (status {result.returncode}): "
-                           f"{result.stdout.strip()[-300:]} {result.stderr.strip()[-300:]}")
+    rows = [line.replace('"', "").split(",") for line in stdout.splitlines() if line.strip()]
+    if proc.returncode != 0 or len(rows) < 2 or rows[0][:2] != ["test", "rps"]:
+        raise RuntimeError(f"redis-benchmark gave no CSV (status {proc.returncode}): "
+                           f"{stdout.strip()[-300:]} {stderr.strip()[-300:]}")
     figures = {name: float(value) for name, value in zip(rows[0][1:], rows[1][1:])}
     figures["seconds"] = seconds
     return figures
+
+
+def zswap_enabled() -> bool | None:
+    """Whether zswap sits in front of the swap devices (None: no zswap in this kernel)."""
+    try:
+        return Path("/sys/module/zswap/parameters/enabled").read_text().strip() in ("Y", "1")
+    except OSError:
+        return None
+
+
+def window_requests(rps: float, options) -> int:
+    """The request count for a window of about options.window s at `rps`."""
+    return max(options.clients * 10, int(rps * options.window))
 
 
 # --- contenders -----------------------------------------------------------------------------
@@ -369,42 +403,70 @@ def steady_index(rss: list[int], tolerance: float = 0.02) -> int | None:
     return None
 
 
-def measure(out: Output, contender, server: RedisServer, device: zram.ZramSwap, options, hot: int, requests: int,
+def ms(latency: float | None) -> str:
+    return "- (window cut short)" if latency is None else f"{latency:.3f} ms"
+
+
+def measure(out: Output, contender, server: RedisServer, device: zram.ZramSwap, options, hot: int, pace: dict,
             reference: RedisServer | None = None) -> dict:
     """Start the contender on the server, run the windows, and return what they saw.
 
     With a reference (an unmanaged server with the same data), each window of the managed
     server is followed by one of the reference, so the two see the same moment of the
-    machine's load."""
+    machine's load. Each window's request count is pace["rps"] x --window, and pace follows
+    the unmanaged server's GET/s (the reference's, or unmanaged's own), so a window lasts
+    about --window s on an unmanaged server whatever the machine's speed at the time."""
     windows = []
     faults0, pswpin0 = major_faults(server.pid), system_pswpin()
     began = time.monotonic()
     contender.start(server)
     count = options.base_windows if contender.name == "unmanaged" else options.windows
+    timeout = options.window_timeout or 3 * options.window
     for k in range(count):
-        load = run_load(server, hot, requests, options.clients)
+        requests = window_requests(pace["rps"], options)
+        load = run_load(server, hot, requests, options.clients, timeout)
+        if contender.name == "unmanaged" and not load.get("cut_short"):
+            pace["rps"] = load["rps"]
         window = dict(load, rss=vm_rss_bytes(server.pid), faults=major_faults(server.pid) - faults0,
                       pswpin=system_pswpin() - pswpin0, cpu=contender.cpu_seconds(), t=time.monotonic() - began,
                       load=os.getloadavg()[0])
         paired = {}
         if reference is not None:
-            ref = run_load(reference, hot, requests, options.clients)
+            ref = run_load(reference, hot, requests, options.clients, timeout)
+            if not ref.get("cut_short"):
+                pace["rps"] = ref["rps"]
             window.update(ref_rps=ref["rps"], ref_p99=ref["p99_latency_ms"])
             paired = {"reference_rps": ref["rps"], "reference_p99_ms": ref["p99_latency_ms"]}
         windows.append(window)
         out.line({"contender": contender.name, "window": k + 1, "t_s": round(window["t"], 1),
+                  "requests": requests, "seconds": round(load["seconds"], 1), "cut_short": bool(load.get("cut_short")),
                   "rss_mib": round(window["rss"] / MiB, 1), "get_rps": load["rps"], "p99_ms": load["p99_latency_ms"],
                   **paired, "swap_ins": window["faults"], "manager_cpu_s": round(window["cpu"], 2), "load": window["load"]})
         progress(f"{contender.name} window {k + 1}/{count} at {window['t']:.0f} s: "
-                 f"VmRSS {window['rss'] / MiB:.0f} MiB, {load['rps']:.0f} GET/s, p99 {load['p99_latency_ms']:.3f} ms, "
+                 f"VmRSS {window['rss'] / MiB:.0f} MiB, {load['rps']:.0f} GET/s in {load['seconds']:.0f} s, "
+                 f"p99 {ms(load['p99_latency_ms'])}, "
                  f"swap-ins {window['faults']}, manager CPU {window['cpu']:.1f} s, load {window['load']:.1f}"
-                 + (f"; reference {window['ref_rps']:.0f} GET/s, p99 {window['ref_p99']:.3f} ms" if paired else ""))
+                 + (f"; reference {window['ref_rps']:.0f} GET/s, p99 {ms(window['ref_p99'])}" if paired else ""))
     cpu = contender.cpu_seconds()
     stats = server.info("stats")
     hits, misses = int(stats.get("keyspace_hits", 0)), int(stats.get("keyspace_misses", 0))
     swapped = device.stats()     # before the server goes: its pages leave the device with it
     contender.stop()
     return {"windows": windows, "cpu": cpu, "hit_ratio": hits / max(1, hits + misses), "zram": swapped}
+
+
+def median_or_none(values) -> float | None:
+    """The median of the values that are not None (a window cut short has no latencies), or None."""
+    known = [v for v in values if v is not None]
+    return round(statistics.median(known), 3) if known else None
+
+
+def p99_ratios(windows: list[dict]):
+    return (x["p99_latency_ms"] / x["ref_p99"] for x in windows if x["p99_latency_ms"] is not None and x["ref_p99"])
+
+
+def scaled(value: float | None, base: float) -> float | None:
+    return None if value is None else round(value / base, 3)
 
 
 def report(out: Output, name: str, etmem: bool, seen: dict, base: dict | None, data_bytes: int) -> None:
@@ -414,7 +476,8 @@ def report(out: Output, name: str, etmem: bool, seen: dict, base: dict | None, d
     since = steady if steady is not None else max(0, len(w) - 2)
     out.figure(name, "rss_mib", round(rss[-1] / MiB, 1), "MiB")
     out.figure(name, "get_rps", round(statistics.mean(x["rps"] for x in w[since:])), "req/s")
-    out.figure(name, "get_p99_ms", round(statistics.median(x["p99_latency_ms"] for x in w[since:]), 3), "ms")
+    out.figure(name, "get_p99_ms", median_or_none(x["p99_latency_ms"] for x in w[since:]), "ms")
+    out.figure(name, "windows_cut_short", sum(1 for x in w if x.get("cut_short")), "windows")
     out.figure(name, "seconds_to_steady_state", None if steady is None else round(w[steady]["t"], 1), "s")
     out.figure(name, "swap_ins", w[-1]["faults"], "pages (server's major faults)")
     out.figure(name, "swap_ins_system_pswpin", w[-1]["pswpin"], "pages (whole machine)")
@@ -439,21 +502,18 @@ def report(out: Output, name: str, etmem: bool, seen: dict, base: dict | None, d
     if paired:   # the primary ratios: each window against the reference's window right after it
         out.figure(name, "get_rps_vs_reference", round(statistics.mean(x["rps"] / x["ref_rps"] for x in w[since:]), 3),
                    "ratio", ">= 0.95" if etmem else None)
-        out.figure(name, "get_p99_vs_reference", round(statistics.median(x["p99_latency_ms"] / x["ref_p99"] for x in w[since:]), 3),
-                   "ratio", "<= 1.2" if etmem else None)
+        out.figure(name, "get_p99_vs_reference", median_or_none(p99_ratios(w[since:])), "ratio", "<= 1.2" if etmem else None)
         out.figure(name, "get_rps_vs_reference_all_windows", round(statistics.mean(x["rps"] / x["ref_rps"] for x in w), 3), "ratio")
-        out.figure(name, "get_p99_vs_reference_all_windows",
-                   round(statistics.median(x["p99_latency_ms"] / x["ref_p99"] for x in w), 3), "ratio")
+        out.figure(name, "get_p99_vs_reference_all_windows", median_or_none(p99_ratios(w)), "ratio")
     target = etmem and not paired
     base_rps = statistics.mean(x["rps"] for x in b)
-    base_p99 = statistics.median(x["p99_latency_ms"] for x in b)
+    base_p99 = median_or_none(x["p99_latency_ms"] for x in b) or float("nan")
     out.figure(name, "get_rps_ratio", round(statistics.mean(x["rps"] for x in w[since:]) / base_rps, 3), "ratio",
                ">= 0.95" if target else None)
-    out.figure(name, "get_p99_ratio", round(statistics.median(x["p99_latency_ms"] for x in w[since:]) / base_p99, 3),
+    out.figure(name, "get_p99_ratio", scaled(median_or_none(x["p99_latency_ms"] for x in w[since:]), base_p99),
                "ratio", "<= 1.2" if target else None)
     out.figure(name, "get_rps_ratio_all_windows", round(statistics.mean(x["rps"] for x in w) / base_rps, 3), "ratio")
-    out.figure(name, "get_p99_ratio_all_windows",
-               round(statistics.median(x["p99_latency_ms"] for x in w) / base_p99, 3), "ratio")
+    out.figure(name, "get_p99_ratio_all_windows", scaled(median_or_none(x["p99_latency_ms"] for x in w), base_p99), "ratio")
 
 
 # --- the run --------------------------------------------------------------------------------
@@ -488,7 +548,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="comma-separated names; unmanaged always runs first (the ratios' base)")
     p.add_argument("--keys", type=int, default=1_000_000)
     p.add_argument("--hot-percent", type=float, default=10.0)
-    p.add_argument("--window", type=float, default=20.0, help="seconds per load window (sized by a calibration)")
+    p.add_argument("--window", type=float, default=20.0,
+                   help="seconds per load window on an unmanaged server (its request count follows that server's GET/s)")
+    p.add_argument("--window-timeout", type=float, default=None,
+                   help="seconds after which a window is cut short (default 3x --window): GET/s from the server's count, no p99")
     p.add_argument("--windows", type=int, default=30, help="windows per managed contender")
     p.add_argument("--base-windows", type=int, default=8, help="windows of unmanaged (the ratios' base)")
     p.add_argument("--clients", type=int, default=50)
@@ -595,7 +658,7 @@ def run_contender(out: Output, contender, kernel: Kernel, options, workdir: Path
                   device: zram.ZramSwap, data_bytes: int, hot: int, state: dict) -> None:
     """One contender on a fresh server, its windows and figures; everything set up for it is undone.
 
-    `state` carries the run's request count per window and unmanaged's windows (the base)."""
+    `state` carries the windows' pace (GET/s of the unmanaged server) and unmanaged's windows (the base)."""
     name = contender.name
     with ExitStack() as one:
         cgroup = None
@@ -604,14 +667,15 @@ def run_contender(out: Output, contender, kernel: Kernel, options, workdir: Path
         server = RedisServer(workdir, name, data_bytes, rdb=rdb, cgroup=cgroup)
         one.callback(server.stop)
         server.start()
-        if "requests" not in state:    # one request count for every contender's windows
+        if "pace" not in state:    # the windows' GET/s estimate, carried from contender to contender
             # the faster of two probes: the first warms the server and the client up
             rps = max(run_load(server, hot, options.clients * 1000, options.clients)["rps"] for _ in range(2))
-            state["requests"] = max(options.clients * 10, int(rps * options.window))
+            state["pace"] = {"rps": rps}
             out.line({"run": {"keys": options.keys, "value_bytes": VALUE_BYTES, "hot_keys": hot,
                               "clients": options.clients, "window_s": options.window, "windows": options.windows,
                               "base_windows": options.base_windows,
-                              "requests_per_window": state["requests"], "release": kernel.release,
+                              "calibrated_rps": round(rps), "window_timeout_s": options.window_timeout or 3 * options.window,
+                              "zswap": zswap_enabled(), "release": kernel.release,
                               "cpus": os.cpu_count(), "zram": device.device, "zram_priority": ZRAM_PRIORITY,
                               "tmpdir": str(workdir), "seed": SEED}})
         reference = None
@@ -623,7 +687,7 @@ def run_contender(out: Output, contender, kernel: Kernel, options, workdir: Path
         out.line({"contender": name, "server_pid": server.pid, "cgroup": cgroup,
                   "reference_pid": reference.pid if reference else None,
                   "loaded_rss_mib": round(vm_rss_bytes(server.pid) / MiB, 1)})
-        seen = measure(out, contender, server, device, options, hot, state["requests"], reference)
+        seen = measure(out, contender, server, device, options, hot, state["pace"], reference)
         if contender.config():
             out.line({"contender": name, "config": contender.config()})
         if name == "unmanaged":

@@ -251,6 +251,8 @@ def test_the_guest_script_sets_up_the_guest_and_runs_bench_apps_into_the_shared_
     assert "export PYTHONPATH=/work/x/src" in lines      # the guest imports the host's etmem
     assert "modprobe -q zram 2>/dev/null" in lines
     assert f"cp {config} /boot/" in lines                # DAMON's operations, read from the kernel config
+    # the benchmark's zram device is the only swap on both kernels
+    assert "[ -w /sys/module/zswap/parameters/enabled ] && echo N > /sys/module/zswap/parameters/enabled" in lines
     bench = next(line for line in lines if "bench_apps.py" in line)
     assert bench.split()[0] == sys.executable
     assert "--in-guest --out /tmp/rw/results.jsonl --keys 150000" in bench
@@ -275,3 +277,47 @@ def test_bench_apps_guest_option_hands_the_run_to_app_guest_without_the_host_onl
     assert bench_apps.main(argv) == 0
     assert seen == [["--kernel", "debian", "--timeout", "900.0", "--out", "/tmp/host.jsonl",
                      "--", "--keys", "150000", "--window", "15"]]
+
+
+def test_a_window_on_a_stalled_server_is_cut_short_and_counted_by_the_server(tmp_path):
+    import shutil
+    import signal
+    import threading
+
+    import bench_apps
+    if not all(shutil.which(t) for t in ("redis-server", "redis-benchmark", "redis-cli")):
+        pytest.skip("redis-server and redis-tools not installed (apt-get install redis-server redis-tools)")
+    server = bench_apps.RedisServer(tmp_path, "stall", 0).start()
+    try:
+        server.cli("SET", "key:000000000000", "x")
+        whole = bench_apps.run_load(server, 1, 2000, 5)
+        assert not whole.get("cut_short") and whole["p99_latency_ms"] is not None and whole["rps"] > 0
+        # a server stopped for 3 s cannot finish 2000 GETs inside a 1 s timeout
+        threading.Timer(0.3, os.kill, (server.pid, signal.SIGSTOP)).start()
+        threading.Timer(3.0, os.kill, (server.pid, signal.SIGCONT)).start()
+        cut = bench_apps.run_load(server, 1, 10_000_000, 5, timeout=1.0)
+        assert cut["cut_short"] and cut["p99_latency_ms"] is None
+        assert cut["seconds"] >= 1.0 and cut["rps"] >= 0
+        assert cut["rps"] * cut["seconds"] < 10_000_000
+    finally:
+        os.kill(server.pid, signal.SIGCONT)
+        server.stop()
+
+
+def test_the_report_leaves_cut_short_windows_out_of_the_p99_figures():
+    import bench_apps
+
+    lines = []
+    out = SimpleNamespace(figure=lambda name, metric, value, unit, target=None: lines.append((metric, value)))
+    base = {"windows": [{"rss": 100 << 20, "rps": 1000.0, "p99_latency_ms": 2.0, "load": 1.0, "faults": 0,
+                         "pswpin": 0, "t": 10.0}] * 3, "cpu": 0.0, "hit_ratio": 1.0, "zram": {"orig_data_size": 0}}
+    windows = [{"rss": 60 << 20, "rps": r, "p99_latency_ms": p, "ref_rps": 1000.0, "ref_p99": 2.0, "load": 1.0,
+                "faults": 5, "pswpin": 5, "t": 10.0 * (i + 1), "cut_short": p is None}
+               for i, (r, p) in enumerate([(900.0, 3.0), (10.0, None), (950.0, 2.0), (960.0, 2.2)])]
+    seen = {"windows": windows, "cpu": 1.0, "hit_ratio": 1.0, "zram": {"orig_data_size": 0}}
+    bench_apps.report(out, "memory.high", False, seen, base, 100 << 20)
+    figures = dict(lines)
+    assert figures["windows_cut_short"] == 1
+    assert figures["get_p99_vs_reference_all_windows"] == 1.1       # median of 1.5, 1.0, 1.1
+    assert figures["get_rps_vs_reference_all_windows"] == round((0.9 + 0.01 + 0.95 + 0.96) / 4, 3)
+    assert figures["get_p99_ms"] == 2.2                             # steady from the first: 3.0, 2.0, 2.2
