@@ -463,7 +463,7 @@ class DamonEngine(Etmemd):
         return damon_vaddr_problem()
 
     def config_text(self, server) -> str:
-        return damon_config(server.pid, self.project)
+        return damon_config(server.pid, self.project, self.option("cold_age", COLD_AGE_S))
 
 
 def damo_dir() -> Path:
@@ -538,7 +538,7 @@ class Damo(Contender):
     def start(self, server) -> None:
         self._nr_before = _read(Path(kernel.DAMON_ADMIN, "kdamonds", "nr_kdamonds"))
         self._home = tempfile.mkdtemp(prefix="etmem-app-damo-")
-        args = damo_start_args(server.pid)
+        args = damo_start_args(server.pid, self.option("cold_age", COLD_AGE_S))
         self.text = "damo " + " ".join(args)
         self._meter = KdamondMeter()
         self._meter.start()
@@ -606,7 +606,7 @@ class DamonReclaim(Contender):
         return owner_problem()
 
     def start(self, server) -> None:
-        params = damon_reclaim_params()
+        params = damon_reclaim_params(self.option("cold_age", COLD_AGE_S))
         self._saved = {name: _read(self.params_dir / name) for name in [*params, "enabled"]}
         self.text = "".join(f"{name}={value}\n" for name, value in [*params.items(), ("enabled", "Y")])
         self._meter = KdamondMeter()

@@ -562,6 +562,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--sleep", type=int, default=1, help="slide: seconds between passes")
     p.add_argument("--interval", type=int, default=5, help="slide: seconds between rounds")
     p.add_argument("--T", type=int, default=1, help="slide: pages used fewer than T times in a round are cold")
+    p.add_argument("--cold-age", type=int, default=10,
+                   help="damon, damo, damon_reclaim: seconds without an access before a region is paged out "
+                        "(slide's clock is --loop x --sleep)")
     p.add_argument("--refault-budget", type=float, default=5.0, help="slide-refault: percent of resident per minute")
     p.add_argument("--in-cgroup", action="store_true", help="run every contender's server in a cgroup v2 of its own")
     p.add_argument("--in-guest", action="store_true", help="label the kernel as a guest's (benchmarks/app_guest.py)")

@@ -321,3 +321,10 @@ def test_the_report_leaves_cut_short_windows_out_of_the_p99_figures():
     assert figures["get_p99_vs_reference_all_windows"] == 1.1       # median of 1.5, 1.0, 1.1
     assert figures["get_rps_vs_reference_all_windows"] == round((0.9 + 0.01 + 0.95 + 0.96) / 4, 3)
     assert figures["get_p99_ms"] == 2.2                             # steady from the first: 3.0, 2.0, 2.2
+
+
+def test_the_cold_age_option_reaches_etmems_damon_engine_and_damo():
+    server = SimpleNamespace(pid=4242)
+    assert "min_age=300\n" in ac.DamonEngine(SimpleNamespace(cold_age=30)).config_text(server)
+    assert "min_age=100\n" in ac.DamonEngine(SimpleNamespace()).config_text(server)    # the 10 s default
+    assert ac.damo_start_args(4242, 30) != ac.damo_start_args(4242, 10)
