@@ -517,8 +517,9 @@ def test_a_region_projects_tasks_are_all_dry_runs_or_none(damon_tree, manager, p
             + TASK.format(project="p", engine="damon", name="real", type="pid", value=child.pid))
     with pytest.raises(ConfigError) as err:
         manager.add_text(text, "damon.conf")
+    line = text.splitlines().index("[task]", text.splitlines().index("[task]") + 1) + 1   # the second task's group
     assert str(err.value) == (
-        "[task] dry_run=no: task real of engine damon cannot join task t0 of engine damon (dry_run=yes) in project p: "
+        f"damon.conf:{line}: [task] dry_run=no: task real of engine damon cannot join task t0 of engine damon (dry_run=yes) in project p: "
         "the damon engines of a region project share one kdamond, whose schemes act on every task's processes; "
         "make every task of the project a dry run, or none")
     assert manager.projects == {}

@@ -514,7 +514,12 @@ class Manager:
             for tc in cfg.tasks:
                 engine = engines_by_id.get((tc.project, tc.engine)) or plan.engines[(tc.project, tc.engine)][0]
                 task = Task(engine, config=tc)
-                engine.join(task)
+                try:
+                    engine.join(task)
+                except ConfigError as exc:   # the strategy refused the task: say where it is in the file
+                    if exc.path is None and tc.origin is not None:
+                        exc.path, exc.line = tc.origin.path, tc.origin.line_of(exc.key)
+                    raise
                 new_tasks.append(task)
         except Exception:
             _discard(new_engines, new_tasks)
