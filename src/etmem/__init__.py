@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-__version__ = "0.1.0"
+from ._version import __version__
 
 # The public names, imported from their modules on first use (PEP 562): `etmem`'s own
 # commands (the client above all) and the demo's workload child start without numpy,

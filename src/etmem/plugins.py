@@ -20,6 +20,7 @@ import attrs
 import pluggy
 
 from . import hookspecs
+from ._version import __version__
 from .errors import ScanError
 from .scan import registry as scan_registry
 from .strategy import Strategy
@@ -52,7 +53,7 @@ class Plugins:
         self.engines: dict[str, type[Strategy]] = {}
         for module_name in BUILTIN_PLUGINS:
             module = importlib.import_module(module_name)
-            self._register(module, module_name, _package_version(), "builtin")
+            self._register(module, module_name, __version__, "builtin")
         for plugin in extra:
             name = getattr(plugin, "__name__", type(plugin).__name__)
             self._register(plugin, name, getattr(plugin, "__version__", "0"), "registered in code")
@@ -138,12 +139,6 @@ def _check_engine_type(engine_type) -> str | None:
         if not attrs.has(getattr(engine_type, attr)):
             return f"{engine_type.__name__}.{attr} must be an attrs class"
     return None
-
-
-def _package_version() -> str:
-    from . import __version__
-
-    return __version__
 
 
 _default: Plugins | None = None

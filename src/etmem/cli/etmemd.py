@@ -435,7 +435,7 @@ def main(argv: list[str] | None = None) -> int:
         sys.stdout.write(USAGE)
         return 0
     if o.version:
-        from .. import __version__
+        from .._version import __version__
 
         print(f"etmemd {__version__}")
         return 0

@@ -13,7 +13,7 @@ import shutil
 import sys
 import sysconfig
 
-from .. import __version__
+from .._version import __version__
 from ..errors import EtmemError
 from ..protocol import check_socket_name
 
