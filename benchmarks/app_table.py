@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 GET_TARGET = 0.95
 P99_TARGET = 1.2
 GOAL = 1.2
+NOTHING_MIB = 1.0   # given back less than this is nothing (VmRSS moves by that much on its own)
 
 
 @dataclass
@@ -106,10 +107,15 @@ def goal_lines(rows: list[Row]) -> list[str]:
              f"{_num(peer_get)}x GET and {_num(peer_p99, 2)}x p99."]
     if no_worse:
         best = max(no_worse, key=lambda r: r.given)
-        ratio = best.given / best_peer.given if best_peer.given > 0 else float("inf")
-        verdict = "met" if ratio >= GOAL else "not met"
-        lines.append(f"- etmem's most at no worse GET and p99: {best.contender}, {_num(best.given, 1)} MiB, "
-                     f"{_num(ratio, 2)}x the peer's: goal of {GOAL}x {verdict}.")
+        if best_peer.given < NOTHING_MIB:   # a ratio to next to nothing says nothing
+            verdict = "met" if best.given >= NOTHING_MIB else "not met"
+            lines.append(f"- etmem's most at no worse GET and p99: {best.contender}, {_num(best.given, 1)} MiB, "
+                         f"where the best peer gave back less than {NOTHING_MIB} MiB: goal of {GOAL}x {verdict}.")
+        else:
+            ratio = best.given / best_peer.given
+            verdict = "met" if ratio >= GOAL else "not met"
+            lines.append(f"- etmem's most at no worse GET and p99: {best.contender}, {_num(best.given, 1)} MiB, "
+                         f"{_num(ratio, 2)}x the peer's: goal of {GOAL}x {verdict}.")
     else:
         lines.append(f"- No etmem row kept GET and p99 at least as good as {best_peer.contender}'s: goal not met.")
     inside = [r for r in measured if r.within_targets()]

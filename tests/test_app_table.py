@@ -71,3 +71,10 @@ def test_a_kernel_without_a_peer_gets_no_goal_reading_and_a_bad_line_names_its_f
     assert app_table.main([str(bad)]) == 2
     assert f"{bad}:2: not a JSON line" in capsys.readouterr().err
     assert app_table.main([str(tmp_path / "missing.jsonl")]) == 2
+
+
+def test_against_a_peer_that_gave_back_nothing_the_goal_is_met_by_any_memory_without_a_ratio():
+    lines = run(figures("damon_reclaim", False, 0.1, 1.03, 0.94), figures("slide-page_idle", True, 100.0, 1.04, 0.91))
+    goal = app_table.goal_lines(app_table.read_rows(lines)[KERNEL])[1]
+    assert goal == ("- etmem's most at no worse GET and p99: slide-page_idle, 100.0 MiB, where the best peer gave back "
+                    "less than 1.0 MiB: goal of 1.2x met.")
