@@ -28,8 +28,9 @@ from etmem.damon_sysfs import owner_problem
 MiB = 1 << 20
 DAMON_RECLAIM_PARAMS = Path("/sys/module/damon_reclaim/parameters")
 CLK_TCK = os.sysconf("SC_CLK_TCK")
-# What every DAMON-based contender calls cold: no access seen for this long. A user would
-# pick a few seconds; 10 s leaves room for a hot key read only every few seconds under TCG.
+# What every DAMON-based contender calls cold by default (bench_apps --cold-age): no access
+# seen for this long. A user would pick a few seconds; 10 s leaves room for a hot key read
+# only every few seconds under TCG.
 COLD_AGE_S = 10
 # memory.high: the hot set (the share of the data set the load reads) plus this margin of it.
 HIGH_MARGIN = 0.5
@@ -393,13 +394,18 @@ class Slide(Etmemd):
                             refault_budget=budget, max_threads=self.max_threads)
 
 
-class SlideRefault(Slide):
+class HostSlide(Slide):
+    """The slides a host without access bits can run, in their own project with one worker thread."""
+
+    project = "bench"
+    max_threads = 1
+
+
+class SlideRefault(HostSlide):
     """slide on the refault source: the one a kernel without access bits leaves (this build host's)."""
 
     name = "slide-refault"
     scanner = "refault"
-    project = "bench"
-    max_threads = 1
 
     def unavailable(self, kernel_info=None) -> str | None:
         if not kernel.has_process_madvise():
@@ -407,13 +413,11 @@ class SlideRefault(Slide):
         return None if kernel.swap_active() else "no swap is on"
 
 
-class SlideSmaps(Slide):
+class SlideSmaps(HostSlide):
     """slide on smaps, which sees a whole mapping as one unit: what slide did here before the refault source."""
 
     name = "slide-smaps"
     scanner = "smaps"
-    project = "bench"
-    max_threads = 1
 
     def unavailable(self, kernel_info=None) -> str | None:
         return None if kernel.has_process_madvise() else kernel.missing("process_madvise")

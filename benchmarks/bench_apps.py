@@ -421,10 +421,9 @@ def measure(out: Output, contender, server: RedisServer, device: zram.ZramSwap, 
     began = time.monotonic()
     contender.start(server)
     count = options.base_windows if contender.name == "unmanaged" else options.windows
-    timeout = options.window_timeout or 3 * options.window
     for k in range(count):
         requests = window_requests(pace["rps"], options)
-        load = run_load(server, hot, requests, options.clients, timeout)
+        load = run_load(server, hot, requests, options.clients, options.window_timeout)
         if contender.name == "unmanaged" and not load.get("cut_short"):
             pace["rps"] = load["rps"]
         window = dict(load, rss=vm_rss_bytes(server.pid), faults=major_faults(server.pid) - faults0,
@@ -432,7 +431,7 @@ def measure(out: Output, contender, server: RedisServer, device: zram.ZramSwap, 
                       load=os.getloadavg()[0])
         paired = {}
         if reference is not None:
-            ref = run_load(reference, hot, requests, options.clients, timeout)
+            ref = run_load(reference, hot, requests, options.clients, options.window_timeout)
             if not ref.get("cut_short"):
                 pace["rps"] = ref["rps"]
             window.update(ref_rps=ref["rps"], ref_p99=ref["p99_latency_ms"])
@@ -562,7 +561,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--sleep", type=int, default=1, help="slide: seconds between passes")
     p.add_argument("--interval", type=int, default=5, help="slide: seconds between rounds")
     p.add_argument("--T", type=int, default=1, help="slide: pages used fewer than T times in a round are cold")
-    p.add_argument("--cold-age", type=int, default=10,
+    p.add_argument("--cold-age", type=int, default=app_contenders.COLD_AGE_S,
                    help="damon, damo, damon_reclaim: seconds without an access before a region is paged out "
                         "(slide's clock is --loop x --sleep)")
     p.add_argument("--refault-budget", type=float, default=5.0, help="slide-refault: percent of resident per minute")
@@ -572,7 +571,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="run in QEMU guests instead (benchmarks/app_guest.py): the test kernel, Debian's, or both")
     p.add_argument("--guest-timeout", type=float, default=3600.0, help="with --guest: seconds per guest, boot included")
     p.add_argument("--out", help="also append the JSON lines to this file")
-    return p.parse_args(argv)
+    options = p.parse_args(argv)
+    if options.window_timeout is None:
+        options.window_timeout = 3 * options.window
+    return options
 
 
 HOST_ONLY_OPTIONS = ("--guest", "--guest-timeout", "--out")   # the guest's --out is app_guest's own
@@ -677,7 +679,7 @@ def run_contender(out: Output, contender, kernel: Kernel, options, workdir: Path
             out.line({"run": {"keys": options.keys, "value_bytes": VALUE_BYTES, "hot_keys": hot,
                               "clients": options.clients, "window_s": options.window, "windows": options.windows,
                               "base_windows": options.base_windows,
-                              "calibrated_rps": round(rps), "window_timeout_s": options.window_timeout or 3 * options.window,
+                              "calibrated_rps": round(rps), "window_timeout_s": options.window_timeout,
                               "zswap": zswap_enabled(), "release": kernel.release,
                               "cpus": os.cpu_count(), "zram": device.device, "zram_priority": ZRAM_PRIORITY,
                               "tmpdir": str(workdir), "seed": SEED}})
