@@ -19,6 +19,7 @@ import pytest
 
 from etmem import Manager, damon_sysfs, kernel, procfs, report, scan
 from etmem.damon_sysfs import KDAMONDS, DamonInUse, Kdamond, KdamondSpec, MonitoringAttrs, Scheme
+from etmem.engines import damon as damon_engine
 from etmem.engines.damon import Damon, merged, overlap
 from etmem.errors import ConfigError, EtmemError, KernelFeatureMissing
 from etmem.loader import load_text
@@ -350,6 +351,35 @@ def test_start_turns_on_stop_turns_off_and_obj_del_removes_every_sysfs_object(da
     assert damon_tree.file("kdamonds/nr_kdamonds") == "0"
     assert not list((damon_tree.root / "kdamonds").glob("[0-9]*")), "no kdamond directory is left"
     assert not KDAMONDS.members and KDAMONDS.user is None
+
+
+def test_outside_a_dry_run_the_regions_are_counted_once_a_run_and_then_every_period(damon_tree, manager, processes,
+                                                                                    monkeypatch):
+    clock = [1000.0]
+    monkeypatch.setattr(damon_engine.time, "monotonic", lambda: clock[0])
+    child = processes()
+    manager.add_text(config(tasks=[("pid", child.pid)]))
+    manager.start("p")
+    task = manager.project("p").engine("damon").task("t0")
+
+    def listings():
+        return damon_tree.commands().count("update_schemes_tried_regions")
+
+    damon_tree.regions[0] = [(0x1000, 0x5000, 0), (0x5000, 0x9000, 4)]
+    task.run_round()
+    assert listings() == 1 and task.stats.extra["kdamond"]["nr_regions"] == 2
+    damon_tree.regions[0] = [(0x1000, 0x3000, 0), (0x3000, 0x5000, 0), (0x5000, 0x9000, 4)]
+    clock[0] += damon_engine.REGION_COUNT_PERIOD_S - 1
+    task.run_round()
+    assert listings() == 1 and task.stats.extra["kdamond"]["nr_regions"] == 2, "the last count stands"
+    assert damon_tree.commands().count("update_schemes_stats") >= 2, "the scheme stats are read every round"
+    clock[0] += 1
+    task.run_round()
+    assert listings() == 2 and task.stats.extra["kdamond"]["nr_regions"] == 3
+    manager.stop("p")
+    manager.start("p")      # a new monitoring run: counted at its first round
+    task.run_round()
+    assert listings() == 3
 
 
 def test_show_has_each_schemes_stats_the_regions_and_the_kdamonds_state(damon_tree, manager, processes):

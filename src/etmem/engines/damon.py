@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 
 import attrs
 import numpy as np
@@ -47,6 +48,10 @@ REGION_COUNTER = Scheme("stat")
 # Quota'd schemes rank regions by access frequency and age (the kernel's default weights are
 # all 0, which would leave the choice to address order).
 QUOTA_WEIGHTS = (0, 1000, 1000)
+# Counting the regions makes the kdamond list every region of every scheme in sysfs (a
+# directory each) and etmem read them back: outside a dry run, where the count is only
+# shown, it is done at most this often.
+REGION_COUNT_PERIOD_S = 30.0
 DEFAULT_RESET_INTERVAL_MS = 1000
 DEFAULT_WMARK_INTERVAL_US = 1_000_000
 
@@ -275,6 +280,7 @@ class ProjectKdamond:
         self.started: list = []         # TaskViews, in the order they started
         self.joined: list = []          # every task of the project's damon engines (TaskViews)
         self.nr_regions: int | None = None
+        self._counted: tuple | None = None   # (monotonic time, kdamond starts) of the last count
         self.matching: dict = {}        # dry run: engine -> the regions its pattern matched last
         self.lock = threading.RLock()   # the engines, the tasks and the kdamond
         self.timer = RoundTimer(f"{project.name}-damon", round_period(project), self.run_round, round_finished)
@@ -404,10 +410,11 @@ class ProjectKdamond:
             dry = self.dry_run
             if state == "on" and dry:
                 self._count_matching()
-            elif state == "on":
+            elif state == "on" and self._count_due():
                 # 6.12 now and then lists no region at all for a scheme of a running kdamond
                 # (an update that raced the kdamond's own): the last count stands then.
                 self.nr_regions = KDAMONDS.count_regions(self.kd, len(self.engines)) or self.nr_regions
+                self._counted = (time.monotonic(), self.kd.starts)
             regions = self.nr_regions if state == "on" else None
             totals = self.kd.totals()
             kdamond = {"index": self.kd.index, "state": state, "nr_regions": regions,
@@ -424,6 +431,14 @@ class ProjectKdamond:
                         self._report_matching(engine, task, result, state == "on")
                 task.stats.extra["kdamond"] = dict(kdamond)
             return results
+
+    def _count_due(self) -> bool:
+        """Outside a dry run: count the regions at the first round of each monitoring run, then
+        every REGION_COUNT_PERIOD_S."""
+        if self._counted is None:
+            return True
+        at, starts = self._counted
+        return starts != self.kd.starts or time.monotonic() - at >= REGION_COUNT_PERIOD_S
 
     def _count_matching(self) -> None:
         """Dry run: the regions each engine's scheme matches now, from one listing with the region
