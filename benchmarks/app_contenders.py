@@ -176,6 +176,11 @@ class Contender:
     def cpu_seconds(self) -> float:
         raise NotImplementedError
 
+    def kdamond_cpu_seconds(self) -> float | None:
+        """The part of cpu_seconds() its kdamonds used; None when it uses none."""
+        meter = getattr(self, "_meter", None)
+        return meter.seconds() if meter is not None else None
+
     def config(self) -> str | None:
         """What it was set up with, for the benchmark's output."""
         return None

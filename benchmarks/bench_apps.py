@@ -30,7 +30,8 @@ Figures, one JSON line each ({"bench": "apps", "kernel", "contender", "metric", 
   targets are on the reference ratios when there are any, as the load drifts between runs;
 - swap_ins: the server's own major faults over its managed windows (every swap-in from
   zram is one), and swap_ins_system_pswpin (/proc/vmstat, the whole machine's);
-- manager_cpu_seconds (the manager process's utime+stime: etmemd's for etmem), and per GiB
+- manager_cpu_seconds (the manager process's utime+stime: etmemd's for etmem, and the
+  kdamonds' for a DAMON-based one, given apart as each window's kdamond_cpu_s), and per GiB
   of data set;
 - seconds_to_steady_state: the end of the first window after which VmRSS stays within 2%
   of its value there for two windows or more, to the end of the run (null: not reached);
@@ -58,6 +59,7 @@ without access bits can run) and the peers'. The contract a contender keeps:
         def start(self, server) -> None  # server: .pid, .cgroup (path or None), .data_bytes, .socket
         def stop(self) -> None           # undoes everything it set up; idempotent
         def cpu_seconds(self) -> float   # the manager's CPU seconds so far (0.0 for unmanaged)
+        def kdamond_cpu_seconds(self) -> float | None   # the kdamonds' part of it (None: none)
         def config(self) -> str | None   # what it was set up with, for the output
 
 `kernel` is a `Kernel` (label "host-6.18" or "guest-" and the full release, in_guest,
@@ -376,6 +378,9 @@ class Contender:
     def cpu_seconds(self) -> float:
         return 0.0
 
+    def kdamond_cpu_seconds(self) -> float | None:
+        return None
+
     def config(self) -> str | None:
         return None
 
@@ -427,7 +432,8 @@ def measure(out: Output, contender, server: RedisServer, device: zram.ZramSwap, 
         if contender.name == "unmanaged" and not load.get("cut_short"):
             pace["rps"] = load["rps"]
         window = dict(load, rss=vm_rss_bytes(server.pid), faults=major_faults(server.pid) - faults0,
-                      pswpin=system_pswpin() - pswpin0, cpu=contender.cpu_seconds(), t=time.monotonic() - began,
+                      pswpin=system_pswpin() - pswpin0, cpu=contender.cpu_seconds(),
+                      kdamond_cpu=contender.kdamond_cpu_seconds(), t=time.monotonic() - began,
                       load=os.getloadavg()[0])
         paired = {}
         if reference is not None:
@@ -440,7 +446,9 @@ def measure(out: Output, contender, server: RedisServer, device: zram.ZramSwap, 
         out.line({"contender": contender.name, "window": k + 1, "t_s": round(window["t"], 1),
                   "requests": requests, "seconds": round(load["seconds"], 1), "cut_short": bool(load.get("cut_short")),
                   "rss_mib": round(window["rss"] / MiB, 1), "get_rps": load["rps"], "p99_ms": load["p99_latency_ms"],
-                  **paired, "swap_ins": window["faults"], "manager_cpu_s": round(window["cpu"], 2), "load": window["load"]})
+                  **paired, "swap_ins": window["faults"], "manager_cpu_s": round(window["cpu"], 2),
+                  **({} if window["kdamond_cpu"] is None else {"kdamond_cpu_s": round(window["kdamond_cpu"], 2)}),
+                  "load": window["load"]})
         progress(f"{contender.name} window {k + 1}/{count} at {window['t']:.0f} s: "
                  f"VmRSS {window['rss'] / MiB:.0f} MiB, {load['rps']:.0f} GET/s in {load['seconds']:.0f} s, "
                  f"p99 {ms(load['p99_latency_ms'])}, "
