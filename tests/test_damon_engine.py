@@ -20,7 +20,7 @@ import pytest
 from etmem import Manager, damon_sysfs, kernel, procfs, report, scan
 from etmem.damon_sysfs import KDAMONDS, DamonInUse, Kdamond, KdamondSpec, MonitoringAttrs, Scheme
 from etmem.engines import damon as damon_engine
-from etmem.engines.damon import Damon, merged, overlap
+from etmem.engines.damon import Damon, by_target, merged, overlap
 from etmem.errors import ConfigError, EtmemError, KernelFeatureMissing
 from etmem.loader import load_text
 from etmem.protocol import render_show_text
@@ -539,6 +539,60 @@ def test_a_dry_run_installs_its_scheme_as_stat_and_reports_the_pages_it_would_pa
     task.run_round()
     assert task.stats.last_round[0].chosen == cold_pages and task.stats.extra["kdamond"]["nr_regions"] == 4
     assert w.verify()
+
+
+def test_regions_are_told_apart_by_target_where_the_addresses_fall_back():
+    a, b = (0x1000, 0x5000, 0, 9), (0x5000, 0x9000, 0, 9)
+    every = [a, b, (0x9000, 0xa000, 6, 2), a, b]          # two processes of one layout: b twice
+    assert {p: r.tolist() for p, r in by_target(every, [a, b, a], (11, 12)).items()} == \
+        {11: [[0x1000, 0x5000], [0x5000, 0x9000]], 12: [[0x1000, 0x5000]]}
+    # the second process's b is younger: matched alone, it is the second one's
+    young = (0x5000, 0x9000, 0, 3)
+    assert by_target([a, b, a, young], [young], (11, 12))[12].tolist() == [[0x5000, 0x9000]]
+    assert by_target([a, b, a, young], [young], (11, 12))[11].shape == (0, 2)
+    # a second process mapped above the first: the addresses never fall back, nothing is known
+    assert by_target([a, b, (0x20000, 0x30000, 0, 9)], [a], (11, 12)) is None
+    assert by_target([a, b], [(0x7000, 0x8000, 0, 1)], (11,)) is None, "not of the same listing"
+
+
+FORKED = """
+import mmap, os, sys
+import numpy as np
+m = mmap.mmap(-1, 8 << 20)
+a = np.frombuffer(m, dtype=np.uint8)
+a[::4096] = 1
+child = os.fork()
+if child == 0:
+    a[::4096] = 2          # the child's own copy of every page
+print(os.getpid(), a.ctypes.data, flush=True)
+sys.stdin.read()
+"""
+
+
+def test_a_dry_run_counts_each_forked_process_only_in_its_own_regions(damon_tree, manager):
+    procs = subprocess.Popen([sys.executable, "-c", FORKED], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        at = dict(tuple(map(int, procs.stdout.readline().split())) for _ in range(2))
+        parent, child = procs.pid, next(p for p in at if p != procs.pid)
+        assert at[parent] == at[child], "a fork keeps the layout"
+        start, end = at[parent], at[parent] + (8 << 20)
+        manager.add_text(config(keys=COLD, tasks=[("pid", parent)]) + "dry_run=yes\n")   # the task has the child too
+        manager.start("p")
+        task = manager.project("p").engine("damon").task("t0")
+
+        def chosen():
+            task.run_round()
+            return {out.pid: out.chosen for out in task.stats.last_round}
+
+        # the parent leaves the mapping cold, the child reads it: listed parent first, as the
+        # kdamond's targets are
+        damon_tree.regions[0] = [(start, end, 0, 10), (start, end, 5, 10)]
+        assert chosen() == {parent: 2048, child: 0}, "the child's pages are not in the parent's cold region"
+        damon_tree.regions[0] = [(start, end, 5, 10), (start, end, 0, 10)]
+        assert chosen() == {parent: 0, child: 2048}
+    finally:
+        procs.stdin.close()
+        procs.wait(10)
 
 
 def test_a_region_projects_tasks_are_all_dry_runs_or_none(damon_tree, manager, processes):

@@ -313,16 +313,24 @@ class Sysfs:
                 for i in range(nr_schemes)]
 
     def tried_region_names(self, index: int, scheme: int) -> list[str]:
-        """The region directories the last `update_schemes_tried_regions` made for a scheme."""
+        """The region directories the last `update_schemes_tried_regions` made for a scheme, in
+        the order the kdamond tried the regions: target by target, each in address order."""
         base = f"kdamonds/{index}/contexts/0/schemes/{scheme}/tried_regions"
-        return [name for name in self.listdir(base) if name.isdigit()]
+        return sorted((name for name in self.listdir(base) if name.isdigit()), key=int)
 
-    def tried_regions(self, index: int, scheme: int) -> list[tuple[int, int, int]]:
-        """(start, end, nr_accesses) of each region the scheme was tried on, as last updated."""
+    def tried_regions(self, index: int, scheme: int) -> list[tuple[int, int, int, int]]:
+        """(start, end, nr_accesses, age) of each region the scheme was tried on, as last
+        updated, in the order they were tried (age 0 where the kernel has no `age` file)."""
         base = f"kdamonds/{index}/contexts/0/schemes/{scheme}/tried_regions"
         return [(int(self.read(f"{base}/{name}/start")), int(self.read(f"{base}/{name}/end")),
-                 int(self.read(f"{base}/{name}/nr_accesses")))
+                 int(self.read(f"{base}/{name}/nr_accesses")), self._age(f"{base}/{name}/age"))
                 for name in self.tried_region_names(index, scheme)]
+
+    def _age(self, rel: str) -> int:
+        try:
+            return int(self.read(rel))
+        except FileNotFoundError:
+            return 0
 
     def describe(self, index: int) -> str:
         """What kdamond `index` monitors, read-only: for the message that it is not etmem's."""
@@ -629,14 +637,14 @@ class KdamondSet:
                 raise DamonError(f"reading the scheme stats of {kd.label}: {exc.strerror or exc}") from None
             return "on"
 
-    def tried_regions(self, kd: Kdamond, scheme: int) -> list[tuple[int, int, int]]:
-        """(start, end, nr_accesses) of the regions scheme `scheme` matches now (kdamond on)."""
+    def tried_regions(self, kd: Kdamond, scheme: int) -> list[tuple[int, int, int, int]]:
+        """(start, end, nr_accesses, age) of the regions scheme `scheme` matches now (kdamond on)."""
         with self._cond:
             self._need(kd)
             kd.sysfs.command(kd.index, "update_schemes_tried_regions")
             return kd.sysfs.tried_regions(kd.index, scheme)
 
-    def schemes_regions(self, kd: Kdamond, schemes: range) -> list[list[tuple[int, int, int]]] | None:
+    def schemes_regions(self, kd: Kdamond, schemes: range) -> list[list[tuple[int, int, int, int]]] | None:
         """The regions each of `schemes` matches now, from one `update_schemes_tried_regions`
         (so that they agree); None when the kernel cannot say (off, or before 6.2)."""
         with self._cond:

@@ -9,6 +9,7 @@ project gets a kdamond of its own; obj del leaves no kdamond behind.
 from __future__ import annotations
 
 import subprocess
+import sys
 import time
 
 import pytest
@@ -186,4 +187,51 @@ def test_a_dry_run_pages_nothing_out_and_reports_the_cold_pages_a_pageout_scheme
     finally:
         for name in list(manager.projects):
             manager.delete_project(name)
+    assert read("kdamonds/nr_kdamonds") == "0" and not KDAMONDS.members
+
+
+FORKED = """
+import mmap, os, sys, time
+import numpy as np
+m = mmap.mmap(-1, 32 << 20)
+a = np.frombuffer(m, dtype=np.uint8)
+a[::4096] = 1
+child = os.fork()
+print(os.getpid(), a.ctypes.data, flush=True)
+if child == 0:
+    while True:          # the child's own copy of every page, read and written all the time
+        a[::4096] += 1
+        time.sleep(0.005)
+sys.stdin.read()
+os.kill(child, 9)
+"""
+
+
+def test_a_dry_run_over_a_fork_counts_the_cold_mapping_for_the_parent_only(zram_swap):
+    # parent and child have the mapping at one address; the kdamond lists the regions
+    # without their process, in target order, which tells them apart
+    procs = subprocess.Popen([sys.executable, "-c", FORKED], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    manager = Manager()
+    try:
+        at = dict(tuple(map(int, procs.stdout.readline().split())) for _ in range(2))
+        parent, child = procs.pid, next(p for p in at if p != procs.pid)
+        assert at[parent] == at[child]
+        pages = (32 << 20) // 4096
+        manager.add_text(CONFIG.format(name="fork", action="pageout", pid=parent) + "dry_run=yes\n", "damon.conf")
+        manager.start("fork")
+
+        def would() -> dict:
+            return {out["pid"]: out["chosen"] for out in stats_of(manager, "fork")["last_round"]}
+
+        found = wait_for(lambda: would().get(parent, 0) >= 0.8 * pages, 90)
+        chosen = would()
+        detail = f"chosen {chosen} of a {pages}-page mapping; stats {stats_of(manager, 'fork')}"
+        assert found and set(chosen) == {parent, child}, detail
+        assert chosen[child] < 0.5 * pages, detail     # its copy is read all the time
+        assert status_kb(parent, "VmSwap") == 0 and status_kb(child, "VmSwap") == 0, detail
+    finally:
+        for name in list(manager.projects):
+            manager.delete_project(name)
+        procs.stdin.close()
+        procs.wait(10)
     assert read("kdamonds/nr_kdamonds") == "0" and not KDAMONDS.members

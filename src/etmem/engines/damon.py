@@ -132,6 +132,36 @@ def merged(ranges: np.ndarray) -> np.ndarray:
     return np.stack([starts, ends], axis=1)
 
 
+def by_target(every: list, matched: list, pids: tuple) -> dict[int, np.ndarray] | None:
+    """A scheme's matched regions split by the kdamond's target they belong to: {pid: (n, 2) rows}.
+
+    Both listings are of one `update_schemes_tried_regions`, in the order the kdamond tried
+    the regions (target by target, each in address order), rows (start, end, nr_accesses,
+    age): `every` is the region counter's (every region), `matched` the scheme's, a
+    subsequence of it. A target's regions start where the addresses fall back; when they fall
+    back fewer times than there are targets (a later process mapped above an earlier one) the
+    listing cannot say whose a region is: None. Each matched region is the first unused one of
+    `every` with its bounds, accesses and age: the pattern matches both or neither of two such
+    (a quota may not try the second: then it is taken for the first)."""
+    if not pids or not every:
+        return None
+    starts = np.array([r[0] for r in every], dtype=np.uint64)
+    ends = np.array([r[1] for r in every], dtype=np.uint64)
+    target = np.concatenate([[0], np.cumsum(starts[1:] < ends[:-1])])
+    if int(target[-1]) != len(pids) - 1:
+        return None
+    out: dict[int, list] = {pid: [] for pid in pids}
+    i = 0
+    for region in matched:
+        while i < len(every) and tuple(every[i]) != tuple(region):
+            i += 1
+        if i == len(every):
+            return None          # not of the same listing
+        out[pids[target[i]]].append(region[:2])
+        i += 1
+    return {pid: np.array(rows, dtype=np.uint64).reshape(-1, 2) for pid, rows in out.items()}
+
+
 def present_in(pid: int, ranges: np.ndarray, opener=None) -> int:
     """Pages of process pid present in memory within ranges ([start, end) rows), from its
     pagemap; only its mappings are read (DAMON's regions span the gaps between them too).
@@ -282,6 +312,7 @@ class ProjectKdamond:
         self.nr_regions: int | None = None
         self._counted: tuple | None = None   # (monotonic time, kdamond starts) of the last count
         self.matching: dict = {}        # dry run: engine -> the regions its pattern matched last
+        self.matching_by_pid: dict = {}  # dry run: engine -> {pid: its share of them}, or None: not known
         self.lock = threading.RLock()   # the engines, the tasks and the kdamond
         self.timer = RoundTimer(f"{project.name}-damon", round_period(project), self.run_round, round_finished)
 
@@ -447,8 +478,11 @@ class ProjectKdamond:
         if not listed or not listed[-1]:
             return
         self.nr_regions = len(listed[-1])
-        self.matching = {engine: np.array([(start, end) for start, end, _ in regions], dtype=np.uint64).reshape(-1, 2)
+        self.matching = {engine: np.array([(start, end) for start, end, *_ in regions], dtype=np.uint64).reshape(-1, 2)
                          for engine, regions in zip(self.engines, listed)}
+        pids = tuple(t.pid for t in self.kd.spec.targets)
+        self.matching_by_pid = {engine: by_target(listed[-1], regions, pids)
+                                for engine, regions in zip(self.engines, listed)}
 
     def _report_matching(self, engine: Damon, task, result: RoundResult, on: bool) -> None:
         """Dry run: per process, the pages present in the regions the engine's scheme matches,
@@ -458,11 +492,16 @@ class ProjectKdamond:
         if regions is not None:
             task.stats.extra["scheme"].update(matching_regions=len(regions),
                                               matching_bytes=int((regions[:, 1] - regions[:, 0]).sum()))
+        # With several processes, each gets its own regions where the listing tells them
+        # apart; else every matched region is taken, within the process's own mappings
+        # (which over-counts processes of one layout, as a fork's).
+        mine = self.matching_by_pid.get(engine) if on else None
         for out in result.targets:
             out.dry_run = True
             out.detail["action"] = engine.scheme.action
             if regions is not None and not out.skipped:
-                out.chosen = present_in(out.pid, regions)
+                own = mine.get(out.pid) if mine is not None else None
+                out.chosen = present_in(out.pid, regions if own is None else own)
 
     def _engine_of(self, task) -> Damon | None:
         for e in self.engines:
