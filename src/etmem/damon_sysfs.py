@@ -318,12 +318,13 @@ class Sysfs:
         base = f"kdamonds/{index}/contexts/0/schemes/{scheme}/tried_regions"
         return sorted((name for name in self.listdir(base) if name.isdigit()), key=int)
 
-    def tried_regions(self, index: int, scheme: int) -> list[tuple[int, int, int, int]]:
-        """(start, end, nr_accesses, age) of each region the scheme was tried on, as last
-        updated, in the order they were tried (age 0 where the kernel has no `age` file)."""
+    def tried_regions(self, index: int, scheme: int, age: bool = False) -> list[tuple]:
+        """(start, end, nr_accesses) of each region the scheme was tried on, as last updated,
+        in the order they were tried; with `age`, (start, end, nr_accesses, age), the age 0
+        where the kernel has no `age` file (a file read more per region)."""
         base = f"kdamonds/{index}/contexts/0/schemes/{scheme}/tried_regions"
         return [(int(self.read(f"{base}/{name}/start")), int(self.read(f"{base}/{name}/end")),
-                 int(self.read(f"{base}/{name}/nr_accesses")), self._age(f"{base}/{name}/age"))
+                 int(self.read(f"{base}/{name}/nr_accesses")), *((self._age(f"{base}/{name}/age"),) if age else ()))
                 for name in self.tried_region_names(index, scheme)]
 
     def _age(self, rel: str) -> int:
@@ -637,21 +638,22 @@ class KdamondSet:
                 raise DamonError(f"reading the scheme stats of {kd.label}: {exc.strerror or exc}") from None
             return "on"
 
-    def tried_regions(self, kd: Kdamond, scheme: int) -> list[tuple[int, int, int, int]]:
-        """(start, end, nr_accesses, age) of the regions scheme `scheme` matches now (kdamond on)."""
+    def tried_regions(self, kd: Kdamond, scheme: int) -> list[tuple[int, int, int]]:
+        """(start, end, nr_accesses) of the regions scheme `scheme` matches now (kdamond on)."""
         with self._cond:
             self._need(kd)
             kd.sysfs.command(kd.index, "update_schemes_tried_regions")
             return kd.sysfs.tried_regions(kd.index, scheme)
 
     def schemes_regions(self, kd: Kdamond, schemes: range) -> list[list[tuple[int, int, int, int]]] | None:
-        """The regions each of `schemes` matches now, from one `update_schemes_tried_regions`
-        (so that they agree); None when the kernel cannot say (off, or before 6.2)."""
+        """The regions (start, end, nr_accesses, age) each of `schemes` matches now, from one
+        `update_schemes_tried_regions` (so that they agree); None when the kernel cannot say
+        (off, or before 6.2)."""
         with self._cond:
             self._need(kd)
             try:
                 kd.sysfs.command(kd.index, "update_schemes_tried_regions")
-                return [kd.sysfs.tried_regions(kd.index, s) for s in schemes]
+                return [kd.sysfs.tried_regions(kd.index, s, age=True) for s in schemes]
             except OSError:
                 return None
 

@@ -82,7 +82,7 @@ class DamonSource(Source):
         # A region seen accessed in this aggregation window counts +1 for each of its pages.
         for w in windows:
             lo, hi = w.vma.start, w.vma.end
-            for start, end, nr, _ in regions:
+            for start, end, nr in regions:
                 a, b = max(start, lo), min(end, hi)
                 if a < b and nr > 0:
                     w.counts[(a - lo) // PAGE:(b - lo + PAGE - 1) // PAGE] += 1
