@@ -674,7 +674,7 @@ def test_the_python_api_builds_the_same_engine_and_refuses_it_outside_a_region_p
         page.add_engine("damon", action="cold")
 
 
-def test_sysfs_retries_what_the_kernel_refuses_with_ebusy_but_not_nr_kdamonds(tmp_path):
+def test_sysfs_retries_what_the_kernel_refuses_with_ebusy_but_not_nr_kdamonds(tmp_path, monkeypatch):
     import errno as _errno
     import io
 
@@ -696,3 +696,9 @@ def test_sysfs_retries_what_the_kernel_refuses_with_ebusy_but_not_nr_kdamonds(tm
     with pytest.raises(OSError) as refused:
         fs.write("kdamonds/nr_kdamonds", 0)       # EBUSY here means a kdamond runs: not retried
     assert refused.value.errno == _errno.EBUSY
+    # refused for longer than BUSY_WAIT_S: the caller gets the EBUSY
+    monkeypatch.setattr(damon_sysfs, "BUSY_WAIT_S", 0.05)
+    busy["left"] = 10 ** 6
+    with pytest.raises(OSError) as refused:
+        fs.read("kdamonds/nr_kdamonds")
+    assert refused.value.errno == _errno.EBUSY and 0 < busy["left"] < 10 ** 6

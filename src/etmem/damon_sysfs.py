@@ -169,15 +169,23 @@ def _plain_open(path: str, mode: str):
     return open(path, mode, buffering=0)
 
 
-def _retry_busy(call: Callable, tries: int = 50, pause: float = 0.01):
-    """call(), again while it fails with EBUSY: the kernel serialises DAMON's sysfs files with a
-    trylock, so a read or write that meets another one in progress (another project's round,
-    another reader) is refused with EBUSY rather than kept waiting."""
-    for attempt in range(tries):
+# How long an access refused with EBUSY is tried again. The kernel holds DAMON's sysfs lock
+# while a kdamond serves a command (a region listing makes a directory per region, which
+# took over 0.5 s in a TCG guest), and refuses every other access meanwhile.
+BUSY_WAIT_S = 5.0
+
+
+def _retry_busy(call: Callable, wait_s: float | None = None, pause: float = 0.01):
+    """call(), again while it fails with EBUSY, for up to wait_s (default BUSY_WAIT_S): the
+    kernel serialises DAMON's sysfs files with a trylock, so a read or write that meets another
+    one in progress (another project's round, another reader) is refused with EBUSY rather
+    than kept waiting."""
+    deadline = time.monotonic() + (BUSY_WAIT_S if wait_s is None else wait_s)
+    while True:
         try:
             return call()
         except OSError as exc:
-            if exc.errno != errno.EBUSY or attempt == tries - 1:
+            if exc.errno != errno.EBUSY or time.monotonic() >= deadline:
                 raise
             time.sleep(pause)
 
