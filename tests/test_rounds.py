@@ -71,3 +71,27 @@ def test_the_timer_runs_rounds_interval_apart_and_remove_waits_for_the_running_r
     assert not removing.is_alive() and a.stats.rounds == 2
     time.sleep(0.2)
     assert a.stats.rounds == 2          # no round after the last task left
+
+
+def test_removing_one_task_cuts_the_running_round_short_and_the_others_go_on():
+    a, b = View("a"), View("b")
+    rounds, entered = [], threading.Event()
+
+    def round_fn(tasks, stop):      # a long round of scan passes, as cslide's over all its tasks
+        rounds.append([t.name for t in tasks])
+        entered.set()
+        stop.wait(30)
+        return {t: RoundResult(skipped="stopped") for t in tasks} if stop.is_set() else {}
+
+    timer = RoundTimer("t", 0.05, round_fn, lambda t, s: None)
+    timer.add(a)
+    timer.add(b)
+    assert entered.wait(5)
+    entered.clear()
+    began = time.monotonic()
+    timer.remove(a)
+    assert time.monotonic() - began < 5, "remove did not wait out the 30 s round"
+    assert entered.wait(5) and rounds[-1] == ["b"], rounds   # b's next round, without a
+    rounds_of_a = a.stats.rounds
+    timer.remove(b)
+    assert a.stats.rounds == rounds_of_a and b.stats.rounds >= 2

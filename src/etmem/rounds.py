@@ -63,6 +63,7 @@ class RoundTimer:
         self._round_lock = threading.Lock()    # one round at a time, timer or caller
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
+        self._running: tuple | None = None      # (the tasks, the stop event) of the timer's round in progress
 
     def add(self, task) -> None:
         """Include task from the next round on; the first task starts the timer (a round runs at once)."""
@@ -76,7 +77,12 @@ class RoundTimer:
                 self._thread.start()
 
     def remove(self, task) -> None:
-        """Leave the timer; returns once no round that includes task is running."""
+        """Leave the timer; returns once no round that includes task is running.
+
+        A round of the timer's that includes task is told to stop (as at project stop), so
+        that the other tasks' round, which may last minutes of scan passes, is cut short
+        rather than waited for; they go on from the next round.
+        """
         with self._lock:
             if task in self._tasks:
                 self._tasks.remove(task)
@@ -84,6 +90,8 @@ class RoundTimer:
             if last:
                 self._stop.set()
                 self._thread = None
+            if self._running is not None and (last or task in self._running[0]):
+                self._running[1].set()     # the round's own stop event: see _loop
         if thread is threading.current_thread():
             return
         if last and thread is not None:
@@ -108,12 +116,17 @@ class RoundTimer:
 
     def _loop(self, stop: threading.Event) -> None:
         while not stop.is_set():
-            with self._lock:
-                tasks = list(self._tasks)
-            if not tasks:
-                return
             with self._round_lock:
-                if stop.is_set():
-                    return
-                run_round(self.round_fn, tasks, stop, self.finished, self.label)
+                with self._lock:    # the tasks as remove() leaves them, and the round remove() can stop
+                    tasks = list(self._tasks)
+                    if stop.is_set() or not tasks:
+                        return
+                    round_stop = threading.Event()
+                    self._running = (tasks, round_stop)
+                try:
+                    run_round(self.round_fn, tasks, round_stop, self.finished, self.label)
+                finally:
+                    with self._lock:
+                        self._running = None
             stop.wait(self.interval)
+
