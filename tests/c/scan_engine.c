@@ -62,6 +62,9 @@ static void *scan_thread(void *arg)
         for (struct vma *v = vmas->vma_list; v != NULL; v = v->next)
             r->vma_bytes += v->end - v->start;
         r->refs_ret[0] = etmemd_get_page_refs(vmas, pid, &refs, 0);
+        /* a second between the passes, as a round's interval: back to back, the second pass
+         * sees only the moment since the first, which a busy machine's workload may miss */
+        sleep(1);
         r->refs_ret[1] = etmemd_get_page_refs(vmas, pid, &refs, 0);
         r->sorted = 1;
         r->in_vmas = 1;

@@ -193,7 +193,7 @@ def test_a_dry_run_pages_nothing_out_and_reports_the_cold_pages_a_pageout_scheme
 FORKED = """
 import mmap, os, sys, time
 import numpy as np
-m = mmap.mmap(-1, 32 << 20)
+m = mmap.mmap(-1, 64 << 20)
 a = np.frombuffer(m, dtype=np.uint8)
 a[::4096] = 1
 child = os.fork()
@@ -216,7 +216,7 @@ def test_a_dry_run_over_a_fork_counts_the_cold_mapping_for_the_parent_only(zram_
         at = dict(tuple(map(int, procs.stdout.readline().split())) for _ in range(2))
         parent, child = procs.pid, next(p for p in at if p != procs.pid)
         assert at[parent] == at[child]
-        pages = (32 << 20) // 4096
+        pages = (64 << 20) // 4096
         manager.add_text(CONFIG.format(name="fork", action="pageout", pid=parent) + "dry_run=yes\n", "damon.conf")
         manager.start("fork")
 
@@ -227,7 +227,10 @@ def test_a_dry_run_over_a_fork_counts_the_cold_mapping_for_the_parent_only(zram_
         chosen = would()
         detail = f"chosen {chosen} of a {pages}-page mapping; stats {stats_of(manager, 'fork')}"
         assert found and set(chosen) == {parent, child}, detail
-        assert chosen[child] < 0.5 * pages, detail     # its copy is read all the time
+        # the child's copy is read all the time: what it is counted is its other memory (the
+        # interpreter's, cold too), not the mapping its parent left cold at the same addresses
+        child_pages = status_kb(child, "VmRSS") // 4
+        assert chosen[child] <= child_pages - 0.8 * pages, detail
         assert status_kb(parent, "VmSwap") == 0 and status_kb(child, "VmSwap") == 0, detail
     finally:
         for name in list(manager.projects):
