@@ -175,12 +175,11 @@ def _plain_open(path: str, mode: str):
 BUSY_WAIT_S = 5.0
 
 
-def _retry_busy(call: Callable, wait_s: float | None = None, pause: float = 0.01):
-    """call(), again while it fails with EBUSY, for up to wait_s (default BUSY_WAIT_S): the
-    kernel serialises DAMON's sysfs files with a trylock, so a read or write that meets another
-    one in progress (another project's round, another reader) is refused with EBUSY rather
-    than kept waiting."""
-    deadline = time.monotonic() + (BUSY_WAIT_S if wait_s is None else wait_s)
+def _retry_busy(call: Callable, pause: float = 0.01):
+    """call(), again while it fails with EBUSY, for up to BUSY_WAIT_S: the kernel serialises
+    DAMON's sysfs files with a trylock, so a read or write that meets another one in progress
+    (another project's round, another reader) is refused with EBUSY rather than kept waiting."""
+    deadline = time.monotonic() + BUSY_WAIT_S
     while True:
         try:
             return call()

@@ -129,4 +129,3 @@ class RoundTimer:
                     with self._lock:
                         self._running = None
             stop.wait(self.interval)
-
